@@ -1,0 +1,3 @@
+module github.com/smimefilter/smimefilter
+
+go 1.26
