@@ -1,0 +1,341 @@
+// Command smimefilter is an LMTP filter for Postfix and Dovecot that stores
+// mail S/MIME-encrypted for each recipient (RFC 2033 LMTP in and out,
+// RFC 8551 S/MIME, RFC 5652 CMS). See smimefilter(8) and README.md.
+//
+// This package does only what a main does: flags, configuration, logging,
+// listeners (its own or systemd's), signals and sd_notify.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/smimefilter/smimefilter/certs"
+	"github.com/smimefilter/smimefilter/deliver"
+	"github.com/smimefilter/smimefilter/filter"
+	"github.com/smimefilter/smimefilter/smime"
+)
+
+// version is set at build time by packaging/build-deb.sh.
+var version = "dev"
+
+const defaultConfigPath = "/etc/smimefilter/smimefilter.toml"
+
+// Exit codes: 2 is a configuration error, which systemd must not retry
+// (RestartPreventExitStatus=2 in smimefilter.service).
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitConfig  = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "run":
+		return cmdRun(args, stderr)
+	case "check":
+		return cmdCheck(args, stdout, stderr)
+	case "demo":
+		return cmdDemo(args, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "smimefilter", version)
+		return exitOK
+	case "help":
+		usage(stdout)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "smimefilter: unknown command %q\n", cmd)
+	usage(stderr)
+	return exitConfig
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  smimefilter [run] [-config FILE]   run the daemon (default config `+defaultConfigPath+`)
+  smimefilter check [-config FILE]   validate the config and certificates, print the effective settings
+  smimefilter demo [-dir DIR] [-address HOST:PORT]
+                                     run with a generated demo certificate, delivering into a Maildir
+  smimefilter version
+`)
+}
+
+func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", defaultConfigPath, "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return "", false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "smimefilter %s: unexpected argument %q\n", name, fs.Arg(0))
+		return "", false
+	}
+	return *path, true
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	path, ok := configFlag("check", args, stderr)
+	if !ok {
+		return exitConfig
+	}
+	c, err := loadConfig(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitConfig
+	}
+	if err := c.printEffective(stdout); err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitFailure
+	}
+	if c.Certs.Dir == "" {
+		fmt.Fprintln(stdout, "\n# certificates: none configured ([certs] dir is not set); policy.missing_certificate applies to every recipient")
+		return exitOK
+	}
+	st, err := certs.Load(c.certOptions())
+	if err != nil {
+		fmt.Fprintf(stderr, "%s:certs.dir: %v\n", path, err)
+		return exitConfig
+	}
+	reportCerts(stdout, st, time.Now())
+	return exitOK
+}
+
+func reportCerts(w io.Writer, st *certs.Store, now time.Time) {
+	all := st.Certs()
+	fmt.Fprintf(w, "\n# certificates loaded: %d\n", len(all))
+	for _, c := range all {
+		fmt.Fprintf(w, "#   %s  sha256:%s  expires %s  (%s)\n", strings.Join(c.Addresses, ","), c.Fingerprint, c.NotAfter.UTC().Format(time.RFC3339), c.File)
+	}
+	skipped := st.Skipped()
+	fmt.Fprintf(w, "# files or certificates skipped: %d\n", len(skipped))
+	for _, s := range skipped {
+		subj := ""
+		if s.Subject != "" {
+			subj = " " + s.Subject
+		}
+		fmt.Fprintf(w, "#   %s%s: %v\n", s.File, subj, s.Err)
+	}
+	soon := st.ExpiringWithin(30 * 24 * time.Hour)
+	fmt.Fprintf(w, "# expiring within 30 days: %d\n", len(soon))
+	for _, c := range soon {
+		fmt.Fprintf(w, "#   %s  sha256:%s  expires %s (in %d days)\n", strings.Join(c.Addresses, ","), c.Fingerprint, c.NotAfter.UTC().Format(time.RFC3339), int(c.NotAfter.Sub(now).Hours()/24))
+	}
+}
+
+func (c *Config) certOptions() certs.Options {
+	return certs.Options{Dir: c.Certs.Dir, Roots: c.roots}
+}
+
+func newLogger(c *Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.Log.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func cmdRun(args []string, stderr io.Writer) int {
+	path, ok := configFlag("run", args, stderr)
+	if !ok {
+		return exitConfig
+	}
+	c, err := loadConfig(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitConfig
+	}
+	return serve(c, stderr, nil)
+}
+
+// serve runs the daemon until SIGTERM or SIGINT. ready, if not nil, is
+// called with the listener's address once mail is accepted.
+func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
+	log := newLogger(c, stderr)
+	n := newNotifier(log)
+
+	var holder *certs.Holder
+	if c.Certs.Dir != "" {
+		var err error
+		holder, err = certs.NewHolder(c.certOptions(), log)
+		if err != nil {
+			log.Error("loading certificates", "dir", c.Certs.Dir, "error", err)
+			return exitConfig
+		}
+	}
+
+	target, err := newTarget(c)
+	if err != nil {
+		log.Error("delivery target", "error", err)
+		return exitConfig
+	}
+	defer target.Close()
+	var reinject deliver.Target
+	if c.Deliver.Reinject != "" {
+		reinject = deliver.NewPool(poolOptions(c, c.Deliver.Reinject, false))
+		defer reinject.Close()
+	}
+
+	fcfg := filter.Config{
+		Rewriter:        c.rewriter,
+		LookupRewritten: c.Certs.Lookup == "rewritten",
+		Policy:          c.policy(),
+		SMIME:           smime.Options{HeaderProtection: c.Policy.HeaderProtection},
+		Deliver:         target,
+		Reinject:        reinject,
+		MaxHeaderBytes:  c.Limits.MaxHeaderSize,
+		Logger:          log,
+	}
+	if holder != nil {
+		fcfg.Certs = holder
+	}
+	if c.Policy.KeyTransport == "rsa-oaep" {
+		fcfg.SMIME.KeyTransport = smime.RSAOAEP
+	}
+	if len(c.Deliver.HostedDomains) > 0 {
+		fcfg.HostedDomains = map[string]bool{}
+		for _, d := range c.Deliver.HostedDomains {
+			fcfg.HostedDomains[d] = true
+		}
+	}
+	be := filter.NewBackend(fcfg)
+	srv := filter.NewServer(be, filter.ServerOptions{
+		Hostname:        c.Listen.Hostname,
+		MaxMessageBytes: c.Limits.MaxMessageSize,
+		MaxRecipients:   c.Limits.MaxRecipients,
+		MaxLineLength:   c.Limits.MaxLineLength,
+		MaxConnections:  c.Listen.MaxConnections,
+		ReadTimeout:     c.Listen.ReadTimeout.Duration,
+		WriteTimeout:    c.Listen.WriteTimeout.Duration,
+	})
+
+	l, activated, err := listener(c)
+	if err != nil {
+		log.Error("listener", "error", err)
+		var ce errConfig
+		if errors.As(err, &ce) {
+			return exitConfig
+		}
+		return exitFailure
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if holder != nil {
+		go func() {
+			if err := holder.Watch(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("watching the certificate directory stopped; SIGHUP still reloads", "error", err)
+			}
+		}()
+	}
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(l) }()
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	log.Info("smimefilter started", "version", version, "listen", l.Addr().String(), "activated", activated,
+		"deliver", target, "rewrite_rules", c.rewriter.Len(), "certificates", certCount(holder))
+	if ready != nil {
+		ready(l.Addr())
+	}
+	status := func() string {
+		return fmt.Sprintf("%d connections; %d delivered, %d deferred, %d rejected",
+			be.Stats.Connections.Load(), be.Stats.Delivered.Load(), be.Stats.Deferred.Load(), be.Stats.Rejected.Load())
+	}
+	n.ready(status())
+	stopWatchdog := n.watchdog(status)
+	defer stopWatchdog()
+
+	for {
+		select {
+		case err := <-serveErr:
+			log.Error("listener failed", "error", err)
+			n.send("STOPPING=1")
+			srv.Shutdown(0)
+			return exitFailure
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				n.send("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
+				if holder != nil {
+					if err := holder.Reload(); err != nil {
+						log.Error("reloading certificates failed; keeping the previous set", "error", err)
+					}
+				}
+				n.ready(status())
+				continue
+			}
+			log.Info("shutting down", "signal", sig.String(), "grace", c.Listen.ShutdownGrace.Duration)
+			n.send("STOPPING=1")
+			srv.Shutdown(c.Listen.ShutdownGrace.Duration)
+			log.Info("stopped", "status", status())
+			return exitOK
+		}
+	}
+}
+
+func certCount(h *certs.Holder) int {
+	if h == nil {
+		return 0
+	}
+	return len(h.Current().Certs())
+}
+
+func newTarget(c *Config) (interface {
+	deliver.Target
+	String() string
+}, error) {
+	if c.Deliver.Maildir != "" {
+		m, err := deliver.NewMaildir(c.Deliver.Maildir)
+		if err != nil {
+			return nil, err
+		}
+		return maildirTarget{m}, nil
+	}
+	return deliver.NewPool(poolOptions(c, c.Deliver.LMTP, true)), nil
+}
+
+type maildirTarget struct{ *deliver.Maildir }
+
+func (m maildirTarget) String() string { return "maildir:" + m.Template }
+
+func poolOptions(c *Config, addr string, lmtp bool) deliver.PoolOptions {
+	network := "tcp"
+	if strings.HasPrefix(addr, "/") {
+		network = "unix"
+	}
+	d := &c.Deliver
+	return deliver.PoolOptions{
+		Network: network, Addr: addr, LMTP: lmtp,
+		LocalName:       c.Listen.Hostname,
+		MaxConns:        d.MaxConnections,
+		MaxIdle:         d.MaxIdle,
+		IdleTimeout:     d.IdleTimeout.Duration,
+		MaxTransactions: d.MaxTransactions,
+		MaxLifetime:     d.MaxLifetime.Duration,
+		DialTimeout:     d.DialTimeout.Duration,
+		CommandTimeout:  d.CommandTimeout.Duration,
+		DataTimeout:     d.DataTimeout.Duration,
+	}
+}

@@ -1,0 +1,74 @@
+// Package deliver is the outbound side of smimefilter: it hands finished
+// copies of a message to their final store, either Dovecot's LMTP service
+// (RFC 2033) over a pool of reused connections, an SMTP relay (RFC 5321) used
+// to hand recipients back to Postfix, or a Maildir.
+//
+// A Target never reports success for a recipient before the next hop has
+// taken responsibility for it: an LMTP 250 for that recipient, an SMTP 250 for
+// the transaction, or a Maildir file that was fsynced and renamed into new/.
+package deliver
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// Sentinel errors for trouble on the way to the next hop. They say nothing
+// about the message, so the filter turns them into temporary failures.
+var (
+	// ErrUnreachable: the next hop could not be reached (dial failed, or a
+	// greeting other than 220).
+	ErrUnreachable = errors.New("next hop unreachable")
+	// ErrConnection: the connection broke or timed out during a transaction.
+	ErrConnection = errors.New("connection to next hop failed")
+	// ErrClosed: the target was closed (the daemon is shutting down).
+	ErrClosed = errors.New("delivery target closed")
+	// ErrAborted: the transaction was abandoned before its end, so nothing
+	// was delivered.
+	ErrAborted = errors.New("transaction aborted")
+)
+
+// Envelope is what a transaction carries besides the message.
+type Envelope struct {
+	From string
+	// Rcpts are the recipients of this copy, already rewritten.
+	Rcpts []string
+	// UTF8 asks for SMTPUTF8 (RFC 6531) where the next hop offers it.
+	UTF8 bool
+	// Size is the declared size, 0 when unknown.
+	Size int64
+}
+
+// Target is a place copies are delivered to.
+type Target interface {
+	// Begin starts a transaction for env. An error means no recipient of
+	// env can be delivered now; per-recipient refusals are in Tx.Rejected.
+	Begin(ctx context.Context, env Envelope) (Tx, error)
+	// Close releases the target's resources; transactions under way fail.
+	Close() error
+}
+
+// Tx is one transaction: the message is written to it, then it is either
+// committed or aborted. Write errors are sticky.
+type Tx interface {
+	io.Writer
+	// Rejected returns, for each recipient of the envelope (same index), the
+	// error it was refused with before the message was sent, or nil.
+	Rejected() []error
+	// Commit ends the message and returns each recipient's outcome (same
+	// index as the envelope): nil only when the next hop took the message for
+	// that recipient.
+	Commit() []error
+	// Abort abandons the transaction so that nothing is delivered.
+	Abort()
+}
+
+// allErr is a per-recipient result where every recipient has err.
+func allErr(n int, err error) []error {
+	out := make([]error, n)
+	for i := range out {
+		out[i] = err
+	}
+	return out
+}

@@ -1,0 +1,261 @@
+package deliver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// ErrBadMailbox is wrapped when a recipient address cannot name a Maildir
+// (it would escape the template's directory): no retry can fix that.
+var ErrBadMailbox = errors.New("address cannot be mapped to a Maildir")
+
+// Maildir delivers into Maildirs named by a template (see ExpandTemplate).
+// It follows the Maildir rules (cr.yp.to/proto/maildir.html): the file is
+// written in tmp/, fsynced, renamed into new/, and new/ itself is fsynced, so
+// that a 250 means the message survives a crash.
+type Maildir struct {
+	Template string
+	// Mode for the directories it creates. Default 0700.
+	DirMode os.FileMode
+
+	host string
+	seq  atomic.Uint64
+}
+
+// NewMaildir returns a Maildir target for template.
+func NewMaildir(template string) (*Maildir, error) {
+	if err := CheckTemplate(template); err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	// "/" and ":" have meanings in Maildir names; replace them as the
+	// Maildir specification suggests.
+	host = strings.NewReplacer("/", `\057`, ":", `\072`).Replace(host)
+	if host == "" {
+		host = "localhost"
+	}
+	return &Maildir{Template: template, DirMode: 0o700, host: host}, nil
+}
+
+// CheckTemplate validates a Maildir path template.
+func CheckTemplate(tmpl string) error {
+	if !filepath.IsAbs(tmpl) {
+		return fmt.Errorf("maildir template %q is not an absolute path", tmpl)
+	}
+	for i := 0; i < len(tmpl); i++ {
+		if tmpl[i] != '%' {
+			continue
+		}
+		if i+1 >= len(tmpl) || !strings.ContainsRune("dnu%", rune(tmpl[i+1])) {
+			return fmt.Errorf("maildir template %q: unknown placeholder at offset %d (use %%d, %%n, %%u or %%%%)", tmpl, i)
+		}
+		i++
+	}
+	return nil
+}
+
+// ExpandTemplate fills in the template for addr:
+//
+//	%d  the domain, lowercased
+//	%n  the local part, lowercased
+//	%u  the whole address, lowercased
+//	%%  a literal %
+//
+// Lowercasing follows Dovecot's default (auth_username_format = %Lu), so a
+// Maildir layout carries over when Dovecot is added later.
+func ExpandTemplate(tmpl, addr string) (string, error) {
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || at == len(addr)-1 {
+		return "", fmt.Errorf("%w: %q has no local part or domain", ErrBadMailbox, addr)
+	}
+	local, domain := strings.ToLower(addr[:at]), strings.ToLower(addr[at+1:])
+	for _, part := range []string{local, domain} {
+		// A component that is empty, "." or "..", or contains a slash or a
+		// NUL, would point outside the intended directory.
+		if part == "." || part == ".." || strings.ContainsAny(part, "/\x00") || strings.HasPrefix(part, ".") {
+			return "", fmt.Errorf("%w: %q", ErrBadMailbox, addr)
+		}
+	}
+	var b strings.Builder
+	for i := 0; i < len(tmpl); i++ {
+		if tmpl[i] != '%' || i+1 >= len(tmpl) {
+			b.WriteByte(tmpl[i])
+			continue
+		}
+		i++
+		switch tmpl[i] {
+		case 'd':
+			b.WriteString(domain)
+		case 'n':
+			b.WriteString(local)
+		case 'u':
+			b.WriteString(local + "@" + domain)
+		default:
+			b.WriteByte(tmpl[i])
+		}
+	}
+	return filepath.Clean(b.String()), nil
+}
+
+// Close does nothing: a Maildir holds no resources between transactions.
+func (m *Maildir) Close() error { return nil }
+
+// Begin opens one file in tmp/ per recipient.
+func (m *Maildir) Begin(ctx context.Context, env Envelope) (Tx, error) {
+	tx := &maildirTx{m: m, files: make([]*maildirFile, len(env.Rcpts)), rejected: make([]error, len(env.Rcpts))}
+	for i, rcpt := range env.Rcpts {
+		f, err := m.create(rcpt)
+		if err != nil {
+			tx.rejected[i] = err
+			continue
+		}
+		tx.files[i] = f
+	}
+	return tx, nil
+}
+
+type maildirFile struct {
+	dir  string // the Maildir
+	name string // unique name, the same in tmp/ and new/
+	f    *os.File
+	n    int64
+	err  error
+}
+
+func (m *Maildir) create(rcpt string) (*maildirFile, error) {
+	dir, err := ExpandTemplate(m.Template, rcpt)
+	if err != nil {
+		return nil, err
+	}
+	for _, sub := range []string{"cur", "new", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), m.DirMode); err != nil {
+			return nil, fmt.Errorf("creating Maildir %s: %w", dir, err)
+		}
+	}
+	name := m.uniqueName()
+	f, err := os.OpenFile(filepath.Join(dir, "tmp", name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating message file in %s: %w", dir, err)
+	}
+	return &maildirFile{dir: dir, name: name, f: f}, nil
+}
+
+// uniqueName follows the modern Maildir convention: seconds, then
+// microseconds, pid, a per-process counter and random bits, then the host.
+func (m *Maildir) uniqueName() string {
+	now := time.Now()
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	return strconv.FormatInt(now.Unix(), 10) + ".M" + strconv.Itoa(now.Nanosecond()/1000) +
+		"P" + strconv.Itoa(os.Getpid()) + "Q" + strconv.FormatUint(m.seq.Add(1), 10) +
+		"R" + hex.EncodeToString(rnd[:]) + "." + m.host
+}
+
+type maildirTx struct {
+	m        *Maildir
+	files    []*maildirFile
+	rejected []error
+	done     bool
+}
+
+func (tx *maildirTx) Rejected() []error { return tx.rejected }
+
+func (tx *maildirTx) Write(b []byte) (int, error) {
+	alive := 0
+	for _, f := range tx.files {
+		if f == nil || f.err != nil {
+			continue
+		}
+		n, err := f.f.Write(b)
+		f.n += int64(n)
+		if err != nil {
+			f.err = fmt.Errorf("writing %s: %w", f.f.Name(), err)
+			continue
+		}
+		alive++
+	}
+	if alive == 0 {
+		for _, f := range tx.files {
+			if f != nil {
+				return 0, f.err
+			}
+		}
+		return 0, io.ErrShortWrite
+	}
+	return len(b), nil
+}
+
+func (tx *maildirTx) Commit() []error {
+	out := make([]error, len(tx.files))
+	if tx.done {
+		return allErr(len(tx.files), ErrAborted)
+	}
+	tx.done = true
+	for i, f := range tx.files {
+		if f == nil {
+			out[i] = tx.rejected[i]
+			continue
+		}
+		out[i] = f.commit()
+	}
+	return out
+}
+
+func (f *maildirFile) commit() error {
+	tmp := filepath.Join(f.dir, "tmp", f.name)
+	if f.err != nil {
+		f.f.Close()
+		os.Remove(tmp)
+		return f.err
+	}
+	if err := f.f.Sync(); err != nil {
+		f.f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("fsync %s: %w", tmp, err)
+	}
+	if err := f.f.Close(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	// S=<size> lets IMAP servers report sizes without a stat (Dovecot reads it).
+	final := filepath.Join(f.dir, "new", f.name+",S="+strconv.FormatInt(f.n, 10))
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("moving %s into new/: %w", tmp, err)
+	}
+	// The rename is durable only once the directory entry is on disk.
+	d, err := os.Open(filepath.Join(f.dir, "new"))
+	if err == nil {
+		err = d.Sync()
+		d.Close()
+	}
+	if err != nil {
+		// The file is in new/ but may not survive a crash: report a
+		// temporary failure and leave it. A duplicate is better than a loss.
+		return fmt.Errorf("fsync %s/new: %w", f.dir, err)
+	}
+	return nil
+}
+
+func (tx *maildirTx) Abort() {
+	if tx.done {
+		return
+	}
+	tx.done = true
+	for _, f := range tx.files {
+		if f != nil {
+			f.f.Close()
+			os.Remove(filepath.Join(f.dir, "tmp", f.name))
+		}
+	}
+}

@@ -1,0 +1,99 @@
+package filter
+
+import (
+	"context"
+	"errors"
+	"io"
+	"syscall"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smimefilter/smimefilter/deliver"
+	"github.com/smimefilter/smimefilter/recipients"
+	"github.com/smimefilter/smimefilter/smime"
+)
+
+// Policy and input errors the session raises; Status gives each its reply.
+var (
+	// ErrNoCertificate: no usable certificate and the policy says wait.
+	ErrNoCertificate = errors.New("no usable certificate for recipient")
+	// ErrPolicyReject: no usable certificate and the policy says refuse.
+	ErrPolicyReject = errors.New("recipient refused by encryption policy")
+	// ErrShuttingDown: the daemon is stopping and takes no new transaction.
+	ErrShuttingDown = errors.New("shutting down")
+	// ErrLineTooLong: a message line is longer than the configured limit.
+	ErrLineTooLong = errors.New("line too long")
+	// ErrClientGone: the client went away during DATA.
+	ErrClientGone = errors.New("client connection lost during DATA")
+	// ErrEncrypt: encryption failed for reasons of the daemon's own making.
+	ErrEncrypt = errors.New("encryption failed")
+)
+
+// Reply codes, RFC 5321 §4.2 and enhanced codes, RFC 3463 / RFC 5248.
+var (
+	replyTempFail     = reply(451, 4, 3, 0, "Temporary local problem, try again later")
+	replyConfig       = reply(451, 4, 3, 5, "Recipient rewriting misconfigured, try again later")
+	replyUnreachable  = reply(451, 4, 4, 1, "Mail store unreachable, try again later")
+	replyConnection   = reply(451, 4, 4, 2, "Connection to mail store lost, try again later")
+	replyShutdown     = reply(421, 4, 3, 2, "Service shutting down, try again later")
+	replyNoCert       = reply(451, 4, 7, 0, "No usable S/MIME certificate for recipient, try again later")
+	replyPolicyReject = reply(550, 5, 7, 1, "Recipient requires encryption and has no usable certificate")
+	replyTooBig       = reply(552, 5, 3, 4, "Message too big")
+	replyLineTooLong  = reply(500, 5, 6, 0, "Message line too long")
+	replyBadHeader    = reply(550, 5, 6, 0, "Malformed message header")
+	replyBadMailbox   = reply(550, 5, 1, 3, "Bad destination mailbox address")
+	replyMailboxFull  = reply(452, 4, 2, 2, "Mailbox full or no space left, try again later")
+)
+
+func reply(code, class, subject, detail int, msg string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subject, detail}, Message: msg}
+}
+
+// Status is the one place where an error becomes an SMTP reply. Every error
+// the filter hands to go-smtp goes through here, because go-smtp answers a
+// permanent 554 to anything that is not an *smtp.SMTPError and Postfix would
+// bounce the mail. The rule: 5xx only where retrying cannot succeed; anything
+// unknown is 451 4.3.0 so that the mail waits in Postfix's queue.
+//
+// Replies from the next hop (Dovecot's per-recipient answers) pass through
+// with their codes intact. Reply texts stay generic; details go to the log.
+func Status(err error) *smtp.SMTPError {
+	if err == nil {
+		return nil
+	}
+	var se *smtp.SMTPError
+	switch {
+	case errors.Is(err, ErrShuttingDown), errors.Is(err, deliver.ErrClosed):
+		return replyShutdown
+	case errors.Is(err, deliver.ErrUnreachable):
+		return replyUnreachable
+	case errors.Is(err, deliver.ErrConnection):
+		return replyConnection
+	case errors.As(err, &se):
+		// A reply from the next hop or from go-smtp's own reader (size limit).
+		if se.Code < 400 || se.Code > 599 {
+			return replyTempFail
+		}
+		return se
+	case errors.Is(err, recipients.ErrInvalidAddress):
+		return replyConfig
+	case errors.Is(err, ErrNoCertificate):
+		return replyNoCert
+	case errors.Is(err, ErrPolicyReject):
+		return replyPolicyReject
+	case errors.Is(err, ErrLineTooLong), errors.Is(err, smtp.ErrTooLongLine):
+		return replyLineTooLong
+	case errors.Is(err, smime.ErrHeaderTooLarge):
+		return replyTooBig
+	case errors.Is(err, smime.ErrMalformedHeader):
+		return replyBadHeader
+	case errors.Is(err, deliver.ErrBadMailbox):
+		return replyBadMailbox
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return replyMailboxFull
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, ErrClientGone):
+		return replyTempFail
+	}
+	return replyTempFail
+}

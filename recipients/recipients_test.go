@@ -1,0 +1,123 @@
+package recipients
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestRewrite(t *testing.T) {
+	rules := []Rule{
+		{Match: `^(.*)@old\.example$`, Replace: `$1@example.org`},
+		{Match: `^postmaster@(.*)$`, Replace: `admin@$1`},
+		{Match: `^(?P<user>[^+@]+)\+[^@]*@(example\.org)$`, Replace: `${user}@$2`},
+	}
+	rw, err := Compile(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"alice@old.example", "alice@example.org"},
+		{"alice@example.org", "alice@example.org"},
+		// Rules chain: rule 1 then rule 2.
+		{"postmaster@old.example", "admin@example.org"},
+		// Rule 1 then rule 3 (subaddress stripped).
+		{"bob+lists@old.example", "bob@example.org"},
+		{"carol@elsewhere.test", "carol@elsewhere.test"},
+		{"Alice@OLD.example", "Alice@OLD.example"}, // regexes are case-sensitive unless (?i)
+	} {
+		got, err := rw.Rewrite(tc.in)
+		if err != nil {
+			t.Errorf("Rewrite(%q): %v", tc.in, err)
+			continue
+		}
+		if got != tc.want {
+			t.Errorf("Rewrite(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestRewriteInvalidResult(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rule Rule
+		in   string
+	}{
+		{"no at", Rule{`^(.*)@.*$`, `$1`}, "a@b.example"},
+		{"two ats", Rule{`@`, `@x@`}, "a@b.example"},
+		{"CRLF", Rule{`^a@`, "a\r\nRCPT TO:<evil@x>\r\n@"}, "a@b.example"},
+		{"NUL", Rule{`^a`, "a\x00"}, "a@b.example"},
+		{"too long", Rule{`^a`, strings.Repeat("a", 60) + "." + strings.Repeat("b", 200)}, "a@b.example"},
+		{"empty domain", Rule{`@.*$`, `@`}, "a@b.example"},
+		{"empty", Rule{`^.*$`, ``}, "a@b.example"},
+		{"space", Rule{`^a`, `a b`}, "a@b.example"},
+	} {
+		rw, err := Compile([]Rule{tc.rule})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		_, err = rw.Rewrite(tc.in)
+		if !errors.Is(err, ErrInvalidAddress) {
+			t.Errorf("%s: Rewrite(%q) error = %v, want ErrInvalidAddress", tc.name, tc.in, err)
+		}
+	}
+}
+
+func TestCompileReportsEveryBadRule(t *testing.T) {
+	_, err := Compile([]Rule{{`(`, ``}, {`ok`, ``}, {`[`, ``}})
+	if err == nil {
+		t.Fatal("Compile accepted bad regexes")
+	}
+	for _, want := range []string{"rule 1", "rule 3"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+func TestNoRules(t *testing.T) {
+	var rw *Rewriter
+	got, err := rw.Rewrite("a@b.example")
+	if err != nil || got != "a@b.example" {
+		t.Errorf("nil Rewriter: got %q, %v", got, err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	good := []string{"a@b.example", "first.last@sub.example.org", `"odd@local"@example.org`, "ü@example.de"}
+	bad := []string{"", "a", "@b.example", "a@", "a@.b", "a@b..c", "a@b.", "a b@c.d", "<a@b.c>", strings.Repeat("x", 65) + "@b.c"}
+	for _, a := range good {
+		if err := Validate(a); err != nil {
+			t.Errorf("Validate(%q) = %v, want nil", a, err)
+		}
+	}
+	for _, a := range bad {
+		if err := Validate(a); err == nil {
+			t.Errorf("Validate(%q) = nil, want an error", a)
+		}
+	}
+}
+
+func FuzzRewrite(f *testing.F) {
+	f.Add(`^(.*)@old\.example$`, `$1@example.org`, "alice@old.example")
+	f.Add(`x*`, `y`, "a@b.c")
+	f.Add(`^(?P<u>.*)@(.*)$`, "${u}\r\n@$2", "a@b.c")
+	f.Fuzz(func(t *testing.T, match, replace, addr string) {
+		rw, err := Compile([]Rule{{Match: match, Replace: replace}})
+		if err != nil {
+			return
+		}
+		out, err := rw.Rewrite(addr)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidAddress) {
+				t.Fatalf("error not wrapping ErrInvalidAddress: %v", err)
+			}
+			return
+		}
+		// Whatever the rule, an accepted result must be safe to put on an
+		// RCPT TO line.
+		if Validate(out) != nil || strings.ContainsAny(out, "\r\n\x00") || len(out) > MaxAddressLength {
+			t.Fatalf("Rewrite(%q) with %q→%q gave unsafe %q", addr, match, replace, out)
+		}
+	})
+}
