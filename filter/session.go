@@ -29,10 +29,11 @@ const (
 	actPlaintext               // no certificate, policy plaintext: marked, unencrypted
 	actPass                    // already encrypted: delivered unchanged
 	actReinject                // not hosted here: handed back unchanged
+	actRefused                 // refused at RCPT
 )
 
 func (a action) String() string {
-	return [...]string{"encrypt", "plaintext", "passthrough", "reinject"}[a]
+	return [...]string{"encrypt", "plaintext", "passthrough", "reinject", "refused"}[a]
 }
 
 // rcpt is the plan for one RCPT TO, decided when it arrives.
@@ -104,7 +105,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	r, err := s.plan(to)
 	if err != nil {
 		se := s.reply(err)
-		s.logOutcome(&rcpt{addr: to, rewritten: r.rewritten, action: r.action}, se, 0, time.Time{}, err)
+		s.logOutcome(&rcpt{addr: to, rewritten: r.rewritten, action: actRefused}, se, 0, time.Time{}, err)
 		return se
 	}
 	s.rcpts = append(s.rcpts, r)
@@ -295,9 +296,9 @@ func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
 	for _, g := range groups {
 		for i, rc := range g.rcpts {
 			err := g.results[g.index[i]]
-			se := s.reply(err)
-			if err == nil {
-				se = nil
+			var se *smtp.SMTPError
+			if err != nil {
+				se = s.reply(err)
 			}
 			s.logOutcome(rc, se, cr.n, start, err, "certs", g.fps)
 			report(rc, se)

@@ -55,7 +55,7 @@ Send a message (any LMTP client; with swaks):
   swaks --protocol LMTP --server %[1]s --to %[3]s
 Decrypt what arrived:
   f=$(ls %[2]s/Maildir/example.test/demo/new/* | head -1)
-  sed '1,/^\r\?$/d' "$f" | base64 -d | openssl cms -decrypt -inform DER -inkey %[2]s/demo-key.pem -recip %[2]s/certs/demo.pem
+  openssl cms -decrypt -in "$f" -inkey %[2]s/demo-key.pem -recip %[2]s/certs/demo.pem
 Stop with Ctrl-C.
 `, a, abs, demoAddress, cfgPath)
 	})
