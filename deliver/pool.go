@@ -281,7 +281,9 @@ func (p *Pool) dial(ctx context.Context) (*poolConn, error) {
 	} else {
 		c = smtp.NewClient(nc)
 	}
-	c.CommandTimeout = p.opts.CommandTimeout
+	// go-smtp sets its own deadline per command: during the greeting and
+	// LHLO that must be the dial timeout.
+	c.CommandTimeout = p.opts.DialTimeout
 	c.SubmissionTimeout = p.opts.DataTimeout
 	if err := c.Hello(p.opts.LocalName); err != nil {
 		nc.Close()
@@ -294,6 +296,7 @@ func (p *Pool) dial(ctx context.Context) (*poolConn, error) {
 		return nil, fmt.Errorf("greeting %s: %w: %w", p.opts.Addr, ErrUnreachable, err)
 	}
 	nc.SetDeadline(time.Time{})
+	c.CommandTimeout = p.opts.CommandTimeout
 	now := time.Now()
 	return &poolConn{c: c, nc: nc, created: now, used: now}, nil
 }

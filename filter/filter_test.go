@@ -1,0 +1,566 @@
+package filter
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smimefilter/smimefilter/deliver"
+	"github.com/smimefilter/smimefilter/recipients"
+)
+
+func TestPerRecipientStatusFromBackend(t *testing.T) {
+	f := startFakeLMTP(t)
+	f.answer = func(rcpt string) error {
+		switch {
+		case strings.HasPrefix(rcpt, "full@"):
+			return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "Mailbox is full"}
+		case strings.HasPrefix(rcpt, "gone@"):
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"}
+		}
+		return nil
+	}
+	rf := startFilter(t, f.path, filterOpts{})
+	cl := lmtpClient(t, rf.path)
+	got := send(t, cl, "sender@example.net", []string{"ok@example.org", "full@example.org", "gone@example.org"}, msg("s1", "hello\r\n"))
+	want := map[string]result{
+		"ok@example.org":   {250, smtp.EnhancedCode{2, 0, 0}},
+		"full@example.org": {452, smtp.EnhancedCode{4, 2, 2}},
+		"gone@example.org": {550, smtp.EnhancedCode{5, 1, 1}},
+	}
+	for r, w := range want {
+		if got[r] != w {
+			t.Errorf("%s: got %v, want %v", r, got[r], w)
+		}
+	}
+	ms := f.messages()
+	if len(ms) != 1 || len(ms[0].rcpts) != 1 || ms[0].rcpts[0] != "ok@example.org" {
+		t.Fatalf("backend stored %+v, want one copy for ok@example.org", ms)
+	}
+	// Policy plaintext (the test default) marks the copy and keeps the rest.
+	if !bytes.HasPrefix(ms[0].data, []byte(PlaintextHeader+": plaintext")) || !bytes.HasSuffix(ms[0].data, msg("s1", "hello\r\n")) {
+		t.Errorf("stored copy = %q", ms[0].data)
+	}
+	// One log line per recipient outcome, with the fields operators grep for.
+	logs := rf.logs.String()
+	for _, want := range []string{"rcpt=ok@example.org", "code=250", "rcpt=full@example.org", "code=452", "rcpt=gone@example.org", "code=550", "size=", "duration="} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q", want)
+		}
+	}
+}
+
+func TestRcptRefusedByBackend(t *testing.T) {
+	f := startFakeLMTP(t)
+	f.rcptAnswer = func(rcpt string) error {
+		if strings.HasPrefix(rcpt, "gone@") {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		return nil
+	}
+	rf := startFilter(t, f.path, filterOpts{})
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"gone@example.org", "ok@example.org"}, msg("s", "x\r\n"))
+	if got["gone@example.org"].code != 550 || got["ok@example.org"].code != 250 {
+		t.Fatalf("got %v, want 550 and 250", got)
+	}
+}
+
+func TestBackendDownIsTemporary(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-dovecot.sock")
+	rf := startFilter(t, missing, filterOpts{pool: deliver.PoolOptions{DialTimeout: time.Second}})
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org", "b@example.org"}, msg("down", "x\r\n"))
+	for _, r := range []string{"a@example.org", "b@example.org"} {
+		if got[r].code != 451 || got[r].enh != (smtp.EnhancedCode{4, 4, 1}) {
+			t.Errorf("%s: got %v, want 451 4.4.1", r, got[r])
+		}
+	}
+}
+
+func TestBackendHangsIsTemporary(t *testing.T) {
+	// A peer that accepts the connection but never greets.
+	path := filepath.Join(t.TempDir(), "hang.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	rf := startFilter(t, path, filterOpts{pool: deliver.PoolOptions{DialTimeout: 300 * time.Millisecond}})
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org"}, msg("hang", "x\r\n"))
+	if got["a@example.org"].code/100 != 4 || got["a@example.org"].enh[1] != 4 {
+		t.Errorf("got %v, want 4xx 4.4.x", got["a@example.org"])
+	}
+}
+
+func TestPoolReusesConnections(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxIdle: 2, MaxConns: 8, MaxTransactions: 1000}})
+	cl := lmtpClient(t, rf.path)
+	for i := range 100 {
+		got := send(t, cl, "s@example.net", []string{"a@example.org"}, msg(fmt.Sprint("m", i), "x\r\n"))
+		if got["a@example.org"].code != 250 {
+			t.Fatalf("message %d: %v", i, got)
+		}
+	}
+	if n := f.dials.Load(); n > 2 {
+		t.Errorf("100 sequential messages used %d connections, want at most max idle (2)", n)
+	}
+	if len(f.messages()) != 100 {
+		t.Errorf("backend got %d messages, want 100", len(f.messages()))
+	}
+}
+
+func TestPoolMaxTransactionsPerConnection(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxIdle: 1, MaxTransactions: 10}})
+	cl := lmtpClient(t, rf.path)
+	for i := range 30 {
+		send(t, cl, "s@example.net", []string{"a@example.org"}, msg(fmt.Sprint("m", i), "x\r\n"))
+	}
+	if n := f.dials.Load(); n != 3 {
+		t.Errorf("30 messages with 10 transactions per connection used %d connections, want 3", n)
+	}
+}
+
+func TestBackendClosingIdleConnection(t *testing.T) {
+	f := startFakeLMTP(t)
+	// Dovecot drops idle LMTP clients after its own timeout; so does this one.
+	f.srv.ReadTimeout = 150 * time.Millisecond
+	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxIdle: 1, IdleTimeout: time.Hour}})
+	cl := lmtpClient(t, rf.path)
+	if got := send(t, cl, "s@example.net", []string{"a@example.org"}, msg("first", "x\r\n")); got["a@example.org"].code != 250 {
+		t.Fatalf("first: %v", got)
+	}
+	time.Sleep(400 * time.Millisecond) // let the backend time the idle connection out
+	if got := send(t, cl, "s@example.net", []string{"a@example.org"}, msg("second", "x\r\n")); got["a@example.org"].code != 250 {
+		t.Fatalf("after the backend closed the idle connection: %v, want 250", got)
+	}
+	if f.dials.Load() != 2 {
+		t.Errorf("dials = %d, want 2 (one redial)", f.dials.Load())
+	}
+}
+
+func TestRewriteRules(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{cfg: Config{Rewriter: mustRewriter(t,
+		recipients.Rule{Match: `^(.*)@old\.example$`, Replace: `$1@example.org`},
+		recipients.Rule{Match: `^broken@.*$`, Replace: `no-at-sign`},
+	)}})
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"alice@old.example", "broken@example.org", "bob@example.org"}, msg("rw", "x\r\n"))
+	if got["alice@old.example"].code != 250 || got["bob@example.org"].code != 250 {
+		t.Errorf("got %v", got)
+	}
+	if g := got["broken@example.org"]; g.code != 451 || g.enh != (smtp.EnhancedCode{4, 3, 5}) {
+		t.Errorf("invalid rewrite result: got %v, want 451 4.3.5", g)
+	}
+	ms := f.messages()
+	if len(ms) != 1 || strings.Join(ms[0].rcpts, ",") != "alice@example.org,bob@example.org" {
+		t.Fatalf("backend got %+v, want alice@example.org,bob@example.org", ms)
+	}
+	logs := rf.logs.String()
+	if !strings.Contains(logs, "rcpt=alice@old.example rewritten=alice@example.org") {
+		t.Errorf("log does not show original and rewritten address")
+	}
+	if !strings.Contains(logs, `level=WARN msg=recipient`) || !strings.Contains(logs, "no-at-sign") {
+		t.Errorf("invalid rewrite not logged with its result")
+	}
+}
+
+func TestMaildirDelivery(t *testing.T) {
+	root := t.TempDir()
+	md, err := deliver.NewMaildir(filepath.Join(root, "%d", "%n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rf := startFilter(t, "", filterOpts{cfg: Config{Deliver: md}})
+	body := "line one\r\n8-bit: \xc3\xa9\r\n"
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"Alice@Example.ORG", "bob@example.org"}, msg("md", body))
+	if got["Alice@Example.ORG"].code != 250 || got["bob@example.org"].code != 250 {
+		t.Fatalf("got %v", got)
+	}
+	for _, user := range []string{"alice", "bob"} {
+		dir := filepath.Join(root, "example.org", user)
+		news, _ := filepath.Glob(filepath.Join(dir, "new", "*"))
+		tmps, _ := filepath.Glob(filepath.Join(dir, "tmp", "*"))
+		if len(news) != 1 || len(tmps) != 0 {
+			t.Fatalf("%s: new=%v tmp=%v, want one file in new/ and none in tmp/", user, news, tmps)
+		}
+		data, _ := os.ReadFile(news[0])
+		if !bytes.HasSuffix(data, msg("md", body)) {
+			t.Errorf("%s: stored %q", user, data)
+		}
+		if !strings.Contains(filepath.Base(news[0]), fmt.Sprintf(",S=%d", len(data))) {
+			t.Errorf("%s: name %s lacks ,S=%d", user, news[0], len(data))
+		}
+	}
+}
+
+func TestMaildirUnwritableIsTemporary(t *testing.T) {
+	root := t.TempDir()
+	// A file where the domain directory should be: creating the Maildir
+	// fails the way a broken mount or permission does, even for root.
+	if err := os.WriteFile(filepath.Join(root, "example.org"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	md, _ := deliver.NewMaildir(filepath.Join(root, "%d", "%n"))
+	rf := startFilter(t, "", filterOpts{cfg: Config{Deliver: md}})
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org", "../x@example.org"}, msg("md", "x\r\n"))
+	if got["a@example.org"].code != 451 {
+		t.Errorf("unwritable Maildir: got %v, want 451", got["a@example.org"])
+	}
+	if got["../x@example.org"].code != 550 {
+		t.Errorf("address escaping the Maildir root: got %v, want 550 5.1.3", got["../x@example.org"])
+	}
+}
+
+func TestMessageSizeLimit(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxMessageBytes: 10000}})
+	cl := lmtpClient(t, rf.path)
+	// Declared too big: refused at MAIL.
+	err := cl.Mail("s@example.net", &smtp.MailOptions{Size: 20000})
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 552 {
+		t.Errorf("MAIL SIZE=20000: got %v, want 552", err)
+	}
+	cl.Reset()
+	// Too big in DATA: 552 5.3.4 and nothing delivered.
+	got := send(t, cl, "s@example.net", []string{"a@example.org"}, msg("big", strings.Repeat("0123456789abcdef\r\n", 1000)))
+	if g := got["a@example.org"]; g.code != 552 || g.enh != (smtp.EnhancedCode{5, 3, 4}) {
+		t.Errorf("oversized DATA: got %v, want 552 5.3.4", g)
+	}
+	// The connection still serves.
+	got = send(t, cl, "s@example.net", []string{"a@example.org"}, msg("small", "x\r\n"))
+	if got["a@example.org"].code != 250 {
+		t.Errorf("after an oversized message: got %v", got)
+	}
+	if n := len(f.messages()); n != 1 {
+		t.Errorf("backend got %d messages, want only the small one", n)
+	}
+}
+
+func TestRecipientLimit(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxRecipients: 2}})
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org", "b@example.org", "c@example.org"}, msg("lim", "x\r\n"))
+	if got["c@example.org"].code != 452 || got["c@example.org"].enh != (smtp.EnhancedCode{4, 5, 3}) {
+		t.Errorf("third recipient: got %v, want 452 4.5.3", got["c@example.org"])
+	}
+	if got["a@example.org"].code != 250 || got["b@example.org"].code != 250 {
+		t.Errorf("got %v", got)
+	}
+}
+
+func TestOverlongLine(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxLineLength: 1000}})
+	cl := lmtpClient(t, rf.path)
+	got := send(t, cl, "s@example.net", []string{"a@example.org"}, msg("long", strings.Repeat("x", 5000)+"\r\n"))
+	if got["a@example.org"].code != 500 {
+		t.Errorf("overlong line: got %v, want 500 5.6.0", got)
+	}
+	if len(f.messages()) != 0 {
+		t.Errorf("a message with an overlong line was delivered")
+	}
+	// The daemon goes on serving new connections.
+	got = send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org"}, msg("ok", "x\r\n"))
+	if got["a@example.org"].code != 250 {
+		t.Errorf("next connection: got %v", got)
+	}
+}
+
+func TestNULAndEightBitArriveIntact(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	body := "nul:\x00:\r\nlatin1:\xe9\xff\r\n.leading dot\r\n"
+	m := msg("nul", body)
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org"}, m)
+	if got["a@example.org"].code != 250 {
+		t.Fatalf("got %v", got)
+	}
+	if ms := f.messages(); len(ms) != 1 || !bytes.HasSuffix(ms[0].data, m) {
+		t.Fatalf("stored %q, want it to end with %q", ms, m)
+	}
+}
+
+// rawSession speaks LMTP by hand, for what a well-behaved client never does.
+func rawSession(t *testing.T, path string) (net.Conn, func(string) string) {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	buf := make([]byte, 4096)
+	read := func() string {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var out []byte
+		for {
+			n, err := c.Read(buf)
+			out = append(out, buf[:n]...)
+			// A reply ends with a line whose 4th character is a space.
+			lines := strings.Split(strings.TrimRight(string(out), "\r\n"), "\r\n")
+			last := lines[len(lines)-1]
+			if strings.HasSuffix(string(out), "\r\n") && len(last) >= 4 && last[3] == ' ' {
+				return string(out)
+			}
+			if err != nil {
+				return string(out)
+			}
+		}
+	}
+	read() // greeting
+	cmd := func(s string) string {
+		if _, err := io.WriteString(c, s); err != nil {
+			return "write error: " + err.Error()
+		}
+		return read()
+	}
+	return c, cmd
+}
+
+func TestClientGoneMidData(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	c, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	cmd("MAIL FROM:<s@example.net>\r\n")
+	cmd("RCPT TO:<a@example.org>\r\n")
+	if r := cmd("DATA\r\n"); !strings.HasPrefix(r, "354") {
+		t.Fatalf("DATA: %q", r)
+	}
+	io.WriteString(c, "Subject: cut\r\n\r\nhalf a mess")
+	c.Close()
+	// The daemon must deliver nothing and keep serving.
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"b@example.org"}, msg("after", "x\r\n"))
+	if got["b@example.org"].code != 250 {
+		t.Fatalf("after a client vanished: %v", got)
+	}
+	waitFor(t, "the aborted transaction to end", 5*time.Second, func() bool {
+		rf.be.mu.Lock()
+		defer rf.be.mu.Unlock()
+		return rf.be.active == 0
+	})
+	for _, m := range f.messages() {
+		if bytes.Contains(m.data, []byte("half a mess")) {
+			t.Fatal("a truncated message was delivered")
+		}
+	}
+}
+
+func TestGarbageCommands(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	_, cmd := rawSession(t, rf.path)
+	for _, tc := range []struct{ in, wantPrefix string }{
+		{"HELO x\r\n", "500"},                       // LMTP requires LHLO (RFC 2033 §4.1)
+		{"LHLO postfix.test\r\n", "250"},
+		{"BOGUS\r\n", "50"},
+		{"\x00\x01\x02\r\n", "5"},
+		{"RCPT TO:<a@example.org>\r\n", "502"},   // no MAIL yet
+		{"MAIL FROM:<not an address\r\n", "501"}, // syntax
+		{"DATA\r\n", "502"},
+		{"MAIL FROM:<s@example.net>\r\n", "250"},
+		{"RCPT TO:<a@example.org>\r\n", "250"},
+		{"RSET\r\n", "250"},
+		{"NOOP\r\n", "250"},
+	} {
+		if got := cmd(tc.in); !strings.HasPrefix(got, tc.wantPrefix) {
+			t.Errorf("%q: got %q, want %s...", tc.in, got, tc.wantPrefix)
+		}
+	}
+}
+
+func TestMaxConnections(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxConnections: 2}})
+	lmtpClient(t, rf.path)
+	lmtpClient(t, rf.path)
+	c, err := net.Dial("unix", rf.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, _ := io.ReadAll(c)
+	if !strings.HasPrefix(string(b), "421 4.3.2") {
+		t.Errorf("third connection got %q, want 421 4.3.2", b)
+	}
+}
+
+func TestShutdownFinishesTransactionInFlight(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	c, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	cmd("MAIL FROM:<s@example.net>\r\n")
+	cmd("RCPT TO:<a@example.org>\r\n")
+	cmd("DATA\r\n")
+	io.WriteString(c, "Subject: inflight\r\n\r\nfirst half\r\n")
+
+	// An idle cached connection, as Postfix keeps them.
+	idle := lmtpClient(t, rf.path)
+	idle.Noop()
+
+	stopped := make(chan struct{})
+	go func() { rf.srv.Shutdown(10 * time.Second); close(stopped) }()
+	waitFor(t, "the listener to close", 5*time.Second, func() bool {
+		c, err := net.Dial("unix", rf.path)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	select {
+	case <-stopped:
+		t.Fatal("shutdown did not wait for the transaction in flight")
+	default:
+	}
+	io.WriteString(c, "second half\r\n.\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 512)
+	n, _ := c.Read(b)
+	if !strings.HasPrefix(string(b[:n]), "250") {
+		t.Fatalf("in-flight transaction got %q, want 250", b[:n])
+	}
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown did not finish after the last transaction")
+	}
+	if len(f.messages()) != 1 {
+		t.Errorf("backend got %d messages, want 1", len(f.messages()))
+	}
+}
+
+func TestShutdownGraceExpires(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	c, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	cmd("MAIL FROM:<s@example.net>\r\n")
+	cmd("RCPT TO:<a@example.org>\r\n")
+	cmd("DATA\r\n")
+	io.WriteString(c, "Subject: stuck\r\n\r\nnever finished\r\n")
+	rf.srv.Shutdown(200 * time.Millisecond)
+	// The client must not get a 250, and nothing may be delivered.
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, _ := io.ReadAll(c)
+	if strings.Contains(string(b), "250") {
+		t.Errorf("got %q after the grace period, want no 250", b)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if len(f.messages()) != 0 {
+		t.Errorf("a message cut by shutdown was delivered")
+	}
+}
+
+func TestNewTransactionDuringShutdownIsRefused(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	_, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	cmd("MAIL FROM:<s@example.net>\r\n") // holds the shutdown open
+	_, cmd2 := rawSession(t, rf.path)
+	cmd2("LHLO postfix.test\r\n")
+	go rf.srv.Shutdown(5 * time.Second)
+	waitFor(t, "shutdown to start", 5*time.Second, func() bool { return rf.be.stopping.Load() })
+	if got := cmd2("MAIL FROM:<s@example.net>\r\n"); !strings.HasPrefix(got, "421") {
+		t.Errorf("MAIL during shutdown: got %q, want 421", got)
+	}
+}
+
+func TestStatusMapping(t *testing.T) {
+	dovecot := &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "Quota exceeded"}
+	for _, tc := range []struct {
+		name string
+		err  error
+		code int
+		enh  smtp.EnhancedCode
+	}{
+		{"unknown", errors.New("something odd"), 451, smtp.EnhancedCode{4, 3, 0}},
+		{"wrapped unknown", fmt.Errorf("x: %w", io.ErrShortWrite), 451, smtp.EnhancedCode{4, 3, 0}},
+		{"dovecot reply", dovecot, 552, smtp.EnhancedCode{5, 2, 2}},
+		{"wrapped dovecot reply", fmt.Errorf("rcpt: %w", dovecot), 552, smtp.EnhancedCode{5, 2, 2}},
+		{"dovecot 4xx", &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}}, 451, smtp.EnhancedCode{4, 3, 0}},
+		{"nonsense reply code", &smtp.SMTPError{Code: 250}, 451, smtp.EnhancedCode{4, 3, 0}},
+		{"unreachable", fmt.Errorf("dial: %w: %w", deliver.ErrUnreachable, syscall.ECONNREFUSED), 451, smtp.EnhancedCode{4, 4, 1}},
+		{"connection", fmt.Errorf("x: %w", deliver.ErrConnection), 451, smtp.EnhancedCode{4, 4, 2}},
+		{"connection with 421", fmt.Errorf("x: %w: %w", deliver.ErrConnection, &smtp.SMTPError{Code: 421}), 451, smtp.EnhancedCode{4, 4, 2}},
+		{"closed", deliver.ErrClosed, 421, smtp.EnhancedCode{4, 3, 2}},
+		{"shutting down", ErrShuttingDown, 421, smtp.EnhancedCode{4, 3, 2}},
+		{"bad rewrite", fmt.Errorf("r: %w", recipients.ErrInvalidAddress), 451, smtp.EnhancedCode{4, 3, 5}},
+		{"no certificate", ErrNoCertificate, 451, smtp.EnhancedCode{4, 7, 0}},
+		{"policy reject", ErrPolicyReject, 550, smtp.EnhancedCode{5, 7, 1}},
+		{"too big", smtp.ErrDataTooLarge, 552, smtp.EnhancedCode{5, 3, 4}},
+		{"line too long", fmt.Errorf("%w: %w", ErrLineTooLong, smtp.ErrTooLongLine), 500, smtp.EnhancedCode{5, 6, 0}},
+		{"bad mailbox", fmt.Errorf("%w: x", deliver.ErrBadMailbox), 550, smtp.EnhancedCode{5, 1, 3}},
+		{"disk full", fmt.Errorf("write: %w", syscall.ENOSPC), 452, smtp.EnhancedCode{4, 2, 2}},
+		{"quota", &os.PathError{Op: "write", Path: "x", Err: syscall.EDQUOT}, 452, smtp.EnhancedCode{4, 2, 2}},
+		{"permission", &os.PathError{Op: "open", Path: "x", Err: syscall.EACCES}, 451, smtp.EnhancedCode{4, 3, 0}},
+		{"client gone", fmt.Errorf("%w: %w", ErrClientGone, io.ErrUnexpectedEOF), 451, smtp.EnhancedCode{4, 3, 0}},
+		{"canceled", context.Canceled, 451, smtp.EnhancedCode{4, 3, 0}},
+		{"encrypt", fmt.Errorf("%w: boom", ErrEncrypt), 451, smtp.EnhancedCode{4, 3, 0}},
+	} {
+		se := Status(tc.err)
+		if se == nil || se.Code != tc.code || se.EnhancedCode != tc.enh {
+			t.Errorf("%s: Status(%v) = %+v, want %d %v", tc.name, tc.err, se, tc.code, tc.enh)
+		}
+	}
+	if Status(nil) != nil {
+		t.Error("Status(nil) != nil")
+	}
+}
+
+func TestSMTPSourceDrivesFilter(t *testing.T) {
+	bin, err := exec.LookPath("smtp-source")
+	if err != nil {
+		bin = "/usr/sbin/smtp-source"
+		if _, err := os.Stat(bin); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatal("smtp-source (package postfix) is missing in CI")
+			}
+			t.Skip("smtp-source (package postfix) not installed")
+		}
+	}
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxIdle: 4}})
+	// 4 sessions, 200 messages of 1 KiB, 2 recipients each, over LMTP.
+	out, err := exec.Command(bin, "-L", "-s", "4", "-m", "200", "-l", "1024", "-r", "2", "-f", "sender@example.net", "-t", "rcpt@example.org", "unix:"+rf.path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("smtp-source: %v\n%s", err, out)
+	}
+	var rcpts int
+	for _, m := range f.messages() {
+		rcpts += len(m.rcpts)
+	}
+	if len(f.messages()) != 200 || rcpts != 400 {
+		t.Errorf("backend got %d messages for %d recipients, want 200 for 400", len(f.messages()), rcpts)
+	}
+	if n := f.dials.Load(); n > 8 {
+		t.Errorf("%d outbound connections for 4 sessions", n)
+	}
+}
+
+var _ sync.Locker = (*sync.Mutex)(nil)
