@@ -190,7 +190,6 @@ func startFilter(t *testing.T, lmtpPath string, o filterOpts) *runningFilter {
 	return rf
 }
 
-
 type lockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

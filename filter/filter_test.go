@@ -374,7 +374,7 @@ func TestGarbageCommands(t *testing.T) {
 	rf := startFilter(t, f.path, filterOpts{})
 	_, cmd := rawSession(t, rf.path)
 	for _, tc := range []struct{ in, wantPrefix string }{
-		{"HELO x\r\n", "500"},                       // LMTP requires LHLO (RFC 2033 §4.1)
+		{"HELO x\r\n", "500"}, // LMTP requires LHLO (RFC 2033 §4.1)
 		{"LHLO postfix.test\r\n", "250"},
 		{"BOGUS\r\n", "50"},
 		{"\x00\x01\x02\r\n", "5"},
