@@ -27,8 +27,8 @@ var ErrInvalidAddress = errors.New("invalid mailbox")
 // Rule is one configured rewrite: addresses matching Match are replaced by
 // Replace, in which $1, ${name} and so on refer to capture groups.
 type Rule struct {
-	Match   string
-	Replace string
+	Match   string `toml:"match"`
+	Replace string `toml:"replace"`
 }
 
 type compiledRule struct {

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "smimefilter.toml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCheckGoodConfig(t *testing.T) {
+	p := writeConfig(t, `
+[listen]
+socket = "/run/smimefilter/lmtp.sock"
+mode = "0660"
+
+[deliver]
+lmtp = "/run/dovecot/lmtp"
+max_idle = 2
+idle_timeout = "5s"
+
+[[rewrite]]
+match   = '^(.*)@old\.example$'
+replace = '$1@example.org'
+
+[policy]
+missing_certificate = "plaintext"
+[policy.domains]
+"Example.NET" = "reject"
+`)
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "-config", p}, &out, &errb); code != exitOK {
+		t.Fatalf("check exit %d, stderr:\n%s", code, errb.String())
+	}
+	for _, want := range []string{`lmtp = "/run/dovecot/lmtp"`, `idle_timeout = "5s"`, `max_transactions = 100`, `match = "^(.*)@old\\.example$"`, `missing_certificate = "plaintext"`} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("effective settings lack %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestCheckReportsEveryProblem(t *testing.T) {
+	p := writeConfig(t, `
+[listen]
+socket = "relative.sock"
+mode = "999"
+colour = "blue"
+
+[limits]
+max_line_length = 80
+
+[deliver]
+maildir = "/var/mail/%x"
+max_idle = 99
+
+[[rewrite]]
+match = '('
+replace = ''
+
+[policy]
+missing_certificate = "maybe"
+key_transport = "rot13"
+
+[log]
+level = "chatty"
+`)
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "-config", p}, &out, &errb); code != exitConfig {
+		t.Fatalf("check exit %d, want %d", code, exitConfig)
+	}
+	msg := errb.String()
+	for _, want := range []string{
+		p + ":listen.colour: unknown key",
+		p + ":listen.socket:",
+		p + ":listen.mode:",
+		p + ":limits.max_line_length:",
+		p + ":deliver.maildir:",
+		p + ":deliver.max_idle:",
+		p + ":rewrite: rule 1",
+		p + ":policy.missing_certificate:",
+		p + ":policy.key_transport:",
+		p + ":log.level:",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("problems lack %q; got:\n%s", want, msg)
+		}
+	}
+}
+
+func TestCheckSyntaxError(t *testing.T) {
+	p := writeConfig(t, "[listen\nsocket = 1\n")
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "-config", p}, &out, &errb); code != exitConfig {
+		t.Fatalf("exit %d, want 2", code)
+	}
+	if !strings.HasPrefix(errb.String(), p+":2: ") {
+		t.Errorf("got %q, want it to start with %s:2:", errb.String(), p)
+	}
+}
+
+func TestCheckMissingFile(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "-config", "/nonexistent/smimefilter.toml"}, &out, &errb); code != exitConfig {
+		t.Fatalf("exit %d, want 2", code)
+	}
+}
+
+func TestDeliverRequired(t *testing.T) {
+	_, err := parseConfig("x.toml", []byte("[listen]\naddress = \"127.0.0.1:1\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "x.toml:deliver: set lmtp") {
+		t.Errorf("got %v, want a deliver problem", err)
+	}
+}
+
+func TestVersionAndUnknownCommand(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "smimefilter ") {
+		t.Errorf("version: %d %q", code, out.String())
+	}
+	if code := run([]string{"frobnicate"}, &out, &errb); code != exitConfig {
+		t.Errorf("unknown command exit %d, want 2", code)
+	}
+}
+
+func TestListenUnixReplacesStaleSocket(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "lmtp.sock")
+	// A socket file left by a crash: bound, then the process went away
+	// without unlinking it.
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("stale socket not left behind: %v", err)
+	}
+	l2, err := listenUnix(path, 0o660, -1)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	defer l2.Close()
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o660 {
+		t.Errorf("mode = %v (%v), want 0660", st.Mode().Perm(), err)
+	}
+	// A live socket is never stolen.
+	if _, err := listenUnix(path, 0o660, -1); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("second listener on a live socket: %v, want an 'in use' error", err)
+	}
+	// Nor is a regular file replaced.
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, []byte("x"), 0o644)
+	if _, err := listenUnix(file, 0o660, -1); err == nil {
+		t.Error("listenUnix replaced a regular file")
+	}
+}
+
+func TestListenUnixGroup(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lmtp.sock")
+	// Group 0 exists everywhere; a real install uses postfix.
+	l, err := listenUnix(path, 0o640, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	st, _ := os.Stat(path)
+	if st.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", st.Mode().Perm())
+	}
+}
+
+func TestDemoConfigIsValid(t *testing.T) {
+	dir := t.TempDir()
+	p, err := writeDemo(dir, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "-config", p}, &out, &errb); code != exitOK {
+		t.Fatalf("demo config fails check: %s", errb.String())
+	}
+	if !strings.Contains(out.String(), "demo@example.test") || !strings.Contains(out.String(), "certificates loaded: 1") {
+		t.Errorf("check does not list the demo certificate:\n%s", out.String())
+	}
+	_ = time.Second
+}
