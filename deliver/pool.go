@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -97,8 +98,7 @@ type Pool struct {
 }
 
 type poolConn struct {
-	c       *smtp.Client
-	nc      net.Conn
+	c       *client
 	created time.Time
 	used    time.Time
 	uses    int
@@ -140,7 +140,7 @@ func (p *Pool) Close() error {
 	close(p.stop)
 	p.mu.Unlock()
 	for _, pc := range idle {
-		pc.nc.Close()
+		pc.c.quit()
 	}
 	p.reaped.Wait()
 	return nil
@@ -180,8 +180,7 @@ func (p *Pool) reapIdle() {
 			}
 			p.mu.Unlock()
 			for _, pc := range drop {
-				pc.c.Quit() // polite; the deadline below bounds it
-				pc.nc.Close()
+				pc.c.quit()
 			}
 		}
 	}
@@ -208,7 +207,7 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 			if p.expired(pc, now) {
 				p.open--
 				p.wakeLocked()
-				pc.nc.Close()
+				pc.c.nc.Close()
 				continue
 			}
 			p.mu.Unlock()
@@ -256,14 +255,16 @@ func (p *Pool) put(pc *poolConn, clean bool) {
 			return
 		}
 		p.mu.Unlock()
-		pc.c.Quit()
+		pc.c.quit()
+		p.release()
+		return
 	}
-	pc.nc.Close()
+	pc.c.nc.Close()
 	p.release()
 }
 
 func (p *Pool) discard(pc *poolConn) {
-	pc.nc.Close()
+	pc.c.nc.Close()
 	p.release()
 }
 
@@ -273,82 +274,169 @@ func (p *Pool) dial(ctx context.Context) (*poolConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s %s: %w: %w", p.opts.Network, p.opts.Addr, ErrUnreachable, err)
 	}
-	// The greeting and LHLO fall under the dial timeout.
-	nc.SetDeadline(time.Now().Add(p.opts.DialTimeout))
-	var c *smtp.Client
-	if p.opts.LMTP {
-		c = smtp.NewClientLMTP(nc)
-	} else {
-		c = smtp.NewClient(nc)
-	}
-	// go-smtp sets its own deadline per command: during the greeting and
-	// LHLO that must be the dial timeout.
-	c.CommandTimeout = p.opts.DialTimeout
-	c.SubmissionTimeout = p.opts.DataTimeout
-	if err := c.Hello(p.opts.LocalName); err != nil {
+	c := newClient(nc, p.opts.LMTP, p.opts.CommandTimeout)
+	if err := c.handshake(p.opts.LocalName, p.opts.DialTimeout); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("greeting %s: %w: %w", p.opts.Addr, ErrUnreachable, err)
 	}
-	// go-smtp reads the greeting and sends LHLO lazily; a NOOP forces both
-	// here, so that a peer refusing service fails the dial, not a command.
-	if err := c.Noop(); err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("greeting %s: %w: %w", p.opts.Addr, ErrUnreachable, err)
-	}
-	nc.SetDeadline(time.Time{})
-	c.CommandTimeout = p.opts.CommandTimeout
 	now := time.Now()
-	return &poolConn{c: c, nc: nc, created: now, used: now}, nil
+	return &poolConn{c: c, created: now, used: now}, nil
 }
 
-// Begin starts a transaction: MAIL FROM and one RCPT TO per recipient.
+// Begin starts a transaction: MAIL FROM, one RCPT TO per recipient and DATA,
+// pipelined (RFC 2920) when the peer offers it, which Dovecot and Postfix do.
 func (p *Pool) Begin(ctx context.Context, env Envelope) (Tx, error) {
+	if err := checkEnvelope(env); err != nil {
+		return nil, err
+	}
 	for attempt := 0; ; attempt++ {
 		pc, err := p.get(ctx)
 		if err != nil {
 			return nil, err
 		}
-		err = pc.c.Mail(env.From, p.mailOptions(pc, env))
-		if err != nil {
-			p.discard(pc)
-			// A reused connection may have been closed by the peer while it
-			// sat idle (Dovecot answers 421 and hangs up after its own idle
-			// timeout): that says nothing about this message, so dial anew
-			// once instead of failing the delivery.
-			if pc.reused && attempt == 0 && peerGone(err) {
-				continue
-			}
-			return nil, outboundError("MAIL FROM", err)
+		tx, err := p.start(pc, env)
+		if err == nil {
+			return tx, nil
 		}
-		tx := &poolTx{p: p, pc: pc, rcpts: env.Rcpts, rejected: make([]error, len(env.Rcpts))}
-		for i, rcpt := range env.Rcpts {
-			if err := pc.c.Rcpt(rcpt, nil); err != nil {
-				var se *smtp.SMTPError
-				if !errors.As(err, &se) {
-					// Not a reply: the connection itself failed.
-					p.discard(pc)
-					return nil, outboundError("RCPT TO", err)
-				}
-				tx.rejected[i] = se
-				continue
-			}
-			tx.accepted++
+		p.discard(pc)
+		// A reused connection may have been closed by the peer while it
+		// sat idle (Dovecot answers 421 and hangs up after its own idle
+		// timeout): that says nothing about this message, so dial anew
+		// once instead of failing the delivery.
+		if pc.reused && attempt == 0 && peerGone(err) {
+			continue
 		}
-		return tx, nil
+		return nil, outboundError("MAIL FROM", err)
 	}
 }
 
-func (p *Pool) mailOptions(pc *poolConn, env Envelope) *smtp.MailOptions {
-	opts := &smtp.MailOptions{Size: env.Size}
-	if env.UTF8 {
-		// Ask for SMTPUTF8 only where offered: Dovecot's LMTP takes UTF-8
-		// addresses without it, and go-smtp refuses to send the parameter to
-		// a server that does not list it.
-		if ok, _ := pc.c.Extension("SMTPUTF8"); ok {
-			opts.UTF8 = true
+// checkEnvelope refuses what would break the command lines. go-smtp's
+// parser and recipients.Validate already keep such addresses out; this is
+// the last line of defence against command injection.
+func checkEnvelope(env Envelope) error {
+	for _, a := range append([]string{env.From}, env.Rcpts...) {
+		if strings.ContainsAny(a, "\r\n<>") {
+			return fmt.Errorf("address %q: %w", a, errProtocol)
 		}
 	}
-	return opts
+	return nil
+}
+
+func (p *Pool) start(pc *poolConn, env Envelope) (*poolTx, error) {
+	c := pc.c
+	var mail strings.Builder
+	mail.WriteString("MAIL FROM:<" + env.From + ">")
+	if c.has("8BITMIME") {
+		mail.WriteString(" BODY=8BITMIME")
+	}
+	if c.has("SIZE") && env.Size > 0 {
+		mail.WriteString(" SIZE=" + strconv.FormatInt(env.Size, 10))
+	}
+	// Dovecot's LMTP takes UTF-8 addresses without SMTPUTF8; ask for it
+	// only where offered.
+	if env.UTF8 && c.has("SMTPUTF8") {
+		mail.WriteString(" SMTPUTF8")
+	}
+	tx := &poolTx{p: p, pc: pc, rcpts: env.Rcpts, rejected: make([]error, len(env.Rcpts))}
+	if !c.has("PIPELINING") {
+		return tx, p.startLockstep(tx, mail.String())
+	}
+	c.bw.WriteString(mail.String() + "\r\n")
+	for _, r := range env.Rcpts {
+		c.bw.WriteString("RCPT TO:<" + r + ">\r\n")
+	}
+	c.bw.WriteString("DATA\r\n")
+	if err := c.flush(); err != nil {
+		return nil, err
+	}
+	r, err := c.readReply(p.opts.CommandTimeout)
+	if err != nil {
+		return nil, err
+	}
+	if r.code == 421 {
+		return nil, r.err()
+	}
+	mailErr := error(nil)
+	if r.code != 250 {
+		mailErr = r.err()
+	}
+	for i := range env.Rcpts {
+		r, err := c.readReply(p.opts.CommandTimeout)
+		if err != nil {
+			return nil, err
+		}
+		if r.code != 250 && r.code != 251 {
+			tx.rejected[i] = r.err()
+			continue
+		}
+		tx.accepted++
+	}
+	r, err = c.readReply(p.opts.CommandTimeout)
+	if err != nil {
+		return nil, err
+	}
+	if mailErr != nil {
+		return nil, mailErr
+	}
+	switch {
+	case r.code == 354 && tx.accepted > 0:
+		tx.data = &dotWriter{c: c, timeout: p.opts.CommandTimeout, bol: true}
+	case r.code == 354:
+		// DATA accepted without a recipient: a peer breaking RFC 2920.
+		return nil, fmt.Errorf("%w: DATA accepted with no recipient", errProtocol)
+	case tx.accepted > 0:
+		// Recipients taken, DATA refused: they all share that answer.
+		dataErr := r.err()
+		for i := range tx.rejected {
+			if tx.rejected[i] == nil {
+				tx.rejected[i] = dataErr
+			}
+		}
+		tx.accepted = 0
+	}
+	return tx, nil
+}
+
+// startLockstep is the same dialogue one command at a time, for peers
+// without PIPELINING.
+func (p *Pool) startLockstep(tx *poolTx, mail string) error {
+	c := tx.pc.c
+	r, err := c.command(mail)
+	if err != nil {
+		return err
+	}
+	if r.code != 250 {
+		return r.err()
+	}
+	for i, rcpt := range tx.rcpts {
+		r, err := c.command("RCPT TO:<" + rcpt + ">")
+		if err != nil {
+			return err
+		}
+		if r.code != 250 && r.code != 251 {
+			tx.rejected[i] = r.err()
+			continue
+		}
+		tx.accepted++
+	}
+	if tx.accepted == 0 {
+		return nil
+	}
+	r, err = c.command("DATA")
+	if err != nil {
+		return err
+	}
+	if r.code != 354 {
+		for i := range tx.rejected {
+			if tx.rejected[i] == nil {
+				tx.rejected[i] = r.err()
+			}
+		}
+		tx.accepted = 0
+		return nil
+	}
+	tx.data = &dotWriter{c: c, timeout: p.opts.CommandTimeout, bol: true}
+	return nil
 }
 
 // peerGone reports whether err looks like a connection the peer had already
@@ -361,7 +449,7 @@ func peerGone(err error) bool {
 	return true
 }
 
-// outboundError classifies an error from the SMTP client: replies pass
+// outboundError classifies an error met on the way out: replies pass
 // through as they are, anything else is a connection failure.
 func outboundError(stage string, err error) error {
 	var se *smtp.SMTPError
@@ -380,8 +468,8 @@ type poolTx struct {
 	rcpts    []string
 	rejected []error
 	accepted int
-	data     *smtp.DataCommand
-	err      error // sticky
+	data     *dotWriter // nil when no recipient was accepted
+	err      error      // sticky
 	done     bool
 }
 
@@ -391,25 +479,15 @@ func (tx *poolTx) Write(b []byte) (int, error) {
 	if tx.err != nil {
 		return 0, tx.err
 	}
-	if tx.accepted == 0 {
+	if tx.data == nil {
 		// Nothing to send to; swallow the bytes so the caller need not care.
 		return len(b), nil
 	}
-	if tx.data == nil {
-		d, err := tx.pc.c.Data()
-		if err != nil {
-			tx.err = outboundError("DATA", err)
-			return 0, tx.err
-		}
-		tx.data = d
-	}
-	// A peer that stops reading must not hold the session for ever.
-	tx.pc.nc.SetWriteDeadline(time.Now().Add(tx.p.opts.CommandTimeout))
-	n, err := tx.data.Write(b)
-	if err != nil {
+	if _, err := tx.data.Write(b); err != nil {
 		tx.err = fmt.Errorf("writing message data: %w: %w", ErrConnection, err)
+		return 0, tx.err
 	}
-	return n, tx.err
+	return len(b), nil
 }
 
 func (tx *poolTx) Commit() []error {
@@ -417,92 +495,78 @@ func (tx *poolTx) Commit() []error {
 		return allErr(len(tx.rcpts), ErrAborted)
 	}
 	tx.done = true
-	if tx.accepted == 0 {
+	if tx.data == nil {
 		tx.resetAndPut()
 		return tx.rejected
 	}
-	if tx.err == nil && tx.data == nil {
-		// An empty message still needs its DATA command.
-		tx.Write(nil)
+	if tx.err == nil {
+		if err := tx.data.end(); err != nil {
+			tx.err = fmt.Errorf("ending message data: %w: %w", ErrConnection, err)
+		}
 	}
 	if tx.err != nil {
 		tx.p.discard(tx.pc)
-		return tx.merge(func(string) error { return tx.err })
+		return tx.merge(func(int) error { return tx.err })
 	}
-	tx.pc.nc.SetWriteDeadline(time.Now().Add(tx.p.opts.CommandTimeout))
-	if !tx.p.opts.LMTP {
-		_, err := tx.data.CloseWithResponse()
+	// LMTP: one reply per accepted recipient, in RCPT order (RFC 2033
+	// §4.2); SMTP: one for the transaction.
+	n := 1
+	if tx.p.opts.LMTP {
+		n = tx.accepted
+	}
+	replies := make([]error, 0, n)
+	var lost error
+	for range n {
+		r, err := tx.pc.c.readReply(tx.p.opts.DataTimeout)
 		if err != nil {
-			// SMTP gives one answer for the whole transaction.
-			err = outboundError("end of data", err)
-			tx.p.discard(tx.pc)
-			return tx.merge(func(string) error { return err })
+			// The fate of this and later recipients is unknown: a
+			// temporary failure, so Postfix retries. The peer may have
+			// delivered; a duplicate is better than a loss.
+			lost = fmt.Errorf("reading replies after data: %w: %w", ErrConnection, err)
+			break
 		}
-		tx.p.put(tx.pc, true)
-		return tx.merge(func(string) error { return nil })
-	}
-	resp, err := tx.data.CloseWithLMTPResponse()
-	if err == nil {
-		tx.p.put(tx.pc, true)
-		return tx.merge(func(string) error { return nil })
-	}
-	var lerr smtp.LMTPDataError
-	if errors.As(err, &lerr) && !isJoined(err) {
-		// Every recipient got its own reply: the connection is in a clean
-		// state and the per-recipient answers are the outcome.
-		tx.p.put(tx.pc, true)
-		return tx.merge(func(rcpt string) error {
-			if se, ok := lerr[rcpt]; ok {
-				return se
-			}
-			return nil
-		})
-	}
-	// Some replies were lost: a recipient without a 250 has an unknown fate,
-	// which is a temporary failure (Postfix retries; Dovecot may deliver
-	// twice, never zero times).
-	tx.p.discard(tx.pc)
-	cerr := fmt.Errorf("reading replies after data: %w: %w", ErrConnection, err)
-	return tx.merge(func(rcpt string) error {
-		if _, ok := resp[rcpt]; ok {
-			return nil
+		if r.code == 250 || r.code == 251 {
+			replies = append(replies, nil)
+		} else {
+			replies = append(replies, r.err())
 		}
-		if se, ok := lerr[rcpt]; ok {
-			return se
+	}
+	if lost != nil {
+		tx.p.discard(tx.pc)
+	} else {
+		tx.p.put(tx.pc, true)
+	}
+	return tx.merge(func(k int) error {
+		if !tx.p.opts.LMTP {
+			k = 0
 		}
-		return cerr
+		if k < len(replies) {
+			return replies[k]
+		}
+		return lost
 	})
 }
 
-func isJoined(err error) bool {
-	_, ok := err.(interface{ Unwrap() []error })
-	if !ok {
-		return false
-	}
-	_, plain := err.(smtp.LMTPDataError)
-	return !plain
-}
-
 // merge builds the result: RCPT-time refusals, then each accepted
-// recipient's outcome.
-func (tx *poolTx) merge(outcome func(rcpt string) error) []error {
+// recipient's outcome by its position among the accepted.
+func (tx *poolTx) merge(outcome func(k int) error) []error {
 	out := make([]error, len(tx.rcpts))
-	for i, r := range tx.rcpts {
+	k := 0
+	for i := range tx.rcpts {
 		if tx.rejected[i] != nil {
 			out[i] = tx.rejected[i]
 			continue
 		}
-		out[i] = outcome(r)
+		out[i] = outcome(k)
+		k++
 	}
 	return out
 }
 
 func (tx *poolTx) resetAndPut() {
-	// No DATA was sent: RSET puts the session back in a known state.
-	tx.pc.nc.SetDeadline(time.Now().Add(tx.p.opts.CommandTimeout))
-	err := tx.pc.c.Reset()
-	tx.pc.nc.SetDeadline(time.Time{})
-	tx.p.put(tx.pc, err == nil)
+	// No message went out: RSET puts the session back in a known state.
+	r, err := tx.pc.c.command("RSET")
+	tx.p.put(tx.pc, err == nil && r.code == 250)
 }
 
 func (tx *poolTx) Abort() {

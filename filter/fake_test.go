@@ -23,7 +23,7 @@ import (
 // fakeLMTP is an LMTP server standing in for Dovecot: it answers each
 // recipient as told and records what it was given.
 type fakeLMTP struct {
-	t      *testing.T
+	t      testing.TB
 	path   string
 	srv    *smtp.Server
 	dials  atomic.Int64
@@ -31,8 +31,10 @@ type fakeLMTP struct {
 
 	rcptAnswer func(rcpt string) error // at RCPT
 
-	mu   sync.Mutex
-	msgs []fakeMsg
+	mu      sync.Mutex
+	msgs    []fakeMsg
+	count   int
+	discard bool // count messages only (benchmarks)
 }
 
 type fakeMsg struct {
@@ -41,7 +43,7 @@ type fakeMsg struct {
 	data  []byte
 }
 
-func startFakeLMTP(t *testing.T) *fakeLMTP {
+func startFakeLMTP(t testing.TB) *fakeLMTP {
 	t.Helper()
 	f := &fakeLMTP{t: t, path: filepath.Join(t.TempDir(), "lmtp.sock")}
 	f.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
@@ -122,13 +124,16 @@ func (s *fakeSession) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	}
 	if len(delivered) > 0 {
 		s.f.mu.Lock()
-		s.f.msgs = append(s.f.msgs, fakeMsg{from: s.from, rcpts: delivered, data: data})
+		s.f.count++
+		if !s.f.discard {
+			s.f.msgs = append(s.f.msgs, fakeMsg{from: s.from, rcpts: delivered, data: data})
+		}
 		s.f.mu.Unlock()
 	}
 	return nil
 }
 
-type testLog struct{ t *testing.T }
+type testLog struct{ t testing.TB }
 
 func (l testLog) Printf(format string, v ...any) { l.t.Logf(format, v...) }
 func (l testLog) Println(v ...any)               { l.t.Log(v...) }
@@ -151,7 +156,7 @@ type runningFilter struct {
 
 // startFilter runs the filter on a unix socket in a temp dir, delivering to
 // lmtpPath over a pool unless o.cfg.Deliver is set.
-func startFilter(t *testing.T, lmtpPath string, o filterOpts) *runningFilter {
+func startFilter(t testing.TB, lmtpPath string, o filterOpts) *runningFilter {
 	t.Helper()
 	rf := &runningFilter{path: filepath.Join(t.TempDir(), "filter.sock"), logs: &lockedBuffer{}, done: make(chan struct{})}
 	if o.cfg.Deliver == nil {
@@ -207,7 +212,7 @@ func (b *lockedBuffer) String() string {
 	return b.b.String()
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
@@ -215,7 +220,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // lmtpClient dials the filter like Postfix's lmtp client.
-func lmtpClient(t *testing.T, path string) *smtp.Client {
+func lmtpClient(t testing.TB, path string) *smtp.Client {
 	t.Helper()
 	c, err := net.Dial("unix", path)
 	if err != nil {
@@ -239,7 +244,7 @@ type result struct {
 
 // send runs one LMTP transaction and returns each recipient's reply: the
 // RCPT reply if refused there, else its reply after DATA.
-func send(t *testing.T, cl *smtp.Client, from string, rcpts []string, msg []byte) map[string]result {
+func send(t testing.TB, cl *smtp.Client, from string, rcpts []string, msg []byte) map[string]result {
 	t.Helper()
 	out := map[string]result{}
 	if err := cl.Mail(from, nil); err != nil {
@@ -287,7 +292,7 @@ func msg(subject, body string) []byte {
 		"\r\nMessage-ID: <" + subject + "@example.net>\r\n\r\n" + body)
 }
 
-func mustRewriter(t *testing.T, rules ...recipients.Rule) *recipients.Rewriter {
+func mustRewriter(t testing.TB, rules ...recipients.Rule) *recipients.Rewriter {
 	t.Helper()
 	rw, err := recipients.Compile(rules)
 	if err != nil {
@@ -297,7 +302,7 @@ func mustRewriter(t *testing.T, rules ...recipients.Rule) *recipients.Rewriter {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
