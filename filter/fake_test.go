@@ -2,6 +2,7 @@ package filter
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -314,3 +315,7 @@ func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func contextWithCancel() (context.Context, context.CancelFunc) {
+	return context.WithCancel(context.Background())
+}
