@@ -112,16 +112,16 @@ func (s *fakeSession) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	if err != nil {
 		return err
 	}
+	// Record first, answer after: the client may act on the replies at once.
+	errs := make([]error, len(s.rcpts))
 	var delivered []string
-	for _, rc := range s.rcpts {
-		var err error
+	for i, rc := range s.rcpts {
 		if s.f.answer != nil {
-			err = s.f.answer(rc)
+			errs[i] = s.f.answer(rc)
 		}
-		if err == nil {
+		if errs[i] == nil {
 			delivered = append(delivered, rc)
 		}
-		status.SetStatus(rc, err)
 	}
 	if len(delivered) > 0 {
 		s.f.mu.Lock()
@@ -130,6 +130,9 @@ func (s *fakeSession) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 			s.f.msgs = append(s.f.msgs, fakeMsg{from: s.from, rcpts: delivered, data: data})
 		}
 		s.f.mu.Unlock()
+	}
+	for i, rc := range s.rcpts {
+		status.SetStatus(rc, errs[i])
 	}
 	return nil
 }

@@ -122,7 +122,7 @@ func reportCerts(w io.Writer, st *certs.Store, now time.Time) {
 	all := st.Certs()
 	fmt.Fprintf(w, "\n# certificates loaded: %d\n", len(all))
 	for _, c := range all {
-		fmt.Fprintf(w, "#   %s  sha256:%s  expires %s  (%s)\n", strings.Join(c.Addresses, ","), c.Fingerprint, c.NotAfter.UTC().Format(time.RFC3339), c.File)
+		fmt.Fprintf(w, "#   %s  sha256:%s  expires %s  (%s)\n", strings.Join(c.Addresses, ","), c.Fingerprint, c.ValidUntil().UTC().Format(time.RFC3339), c.File)
 	}
 	skipped := st.Skipped()
 	fmt.Fprintf(w, "# files or certificates skipped: %d\n", len(skipped))
@@ -136,7 +136,7 @@ func reportCerts(w io.Writer, st *certs.Store, now time.Time) {
 	soon := st.ExpiringWithin(30 * 24 * time.Hour)
 	fmt.Fprintf(w, "# expiring within 30 days: %d\n", len(soon))
 	for _, c := range soon {
-		fmt.Fprintf(w, "#   %s  sha256:%s  expires %s (in %d days)\n", strings.Join(c.Addresses, ","), c.Fingerprint, c.NotAfter.UTC().Format(time.RFC3339), int(c.NotAfter.Sub(now).Hours()/24))
+		fmt.Fprintf(w, "#   %s  sha256:%s  expires %s (in %d days)\n", strings.Join(c.Addresses, ","), c.Fingerprint, c.ValidUntil().UTC().Format(time.RFC3339), int(c.ValidUntil().Sub(now).Hours()/24))
 	}
 }
 
