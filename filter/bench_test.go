@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+
+	"github.com/smimefilter/smimefilter/internal/smimetest"
 )
 
 // BenchmarkRelay sends messages through the filter's whole path (LMTP in,
@@ -54,5 +56,22 @@ func benchSend(b *testing.B, path string, size int) {
 		if _, err := w.CloseWithLMTPResponse(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkEncryptRelay is BenchmarkRelay with encryption for one
+// certificate: the daemon's hot path for large messages.
+func BenchmarkEncryptRelay(b *testing.B) {
+	alice := smimetest.NewRecipient(b, "a@example.org")
+	for _, size := range []int{1 << 10, 10 << 20} {
+		b.Run(fmt.Sprintf("size=%d", size), func(b *testing.B) {
+			f := startFakeLMTP(b)
+			f.discard = true
+			rf := startFilter(b, f.path, filterOpts{cfg: Config{
+				Certs:  holder(b, certDir(b, alice)),
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			}})
+			benchSend(b, rf.path, size)
+		})
 	}
 }
