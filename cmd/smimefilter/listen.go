@@ -23,7 +23,7 @@ func listener(c *Config) (net.Listener, bool, error) {
 	}
 	if len(ls) > 0 {
 		if len(ls) != 1 || ls[0] == nil {
-			return nil, true, fmt.Errorf("socket activation: want exactly one stream socket, got %d", len(ls))
+			return nil, true, errConfig{fmt.Errorf("socket activation: want exactly one stream socket, got %d: check smimefilter.socket", len(ls))}
 		}
 		l := ls[0]
 		if err := matchActivated(c, l.Addr()); err != nil {

@@ -1,0 +1,363 @@
+#!/usr/bin/env bash
+# packaging/ci-deb.sh - the Debian package, end to end, on this machine:
+# build, lintian, install, upgrade keeping a changed conffile, config check,
+# unit verification, one message through the installed daemon by socket
+# activation (without systemd as PID 1) into a Maildir, S/MIME checked by
+# decrypting it, stop, purge, and nothing left behind.
+#
+# Run as root on Debian 12 (.ci/run does, after the Go tests). Needs go,
+# dpkg-dev, lintian, systemd (systemd-analyze, systemd-socket-activate),
+# swaks, openssl, adduser. Safe to re-run: it first removes what an earlier
+# run left (its daemon, the installed package, its state directory).
+# Exit status 0 only if every step passed.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+export PATH="$PATH:/usr/local/go/bin"
+
+STATE=/tmp/smimefilter-ci-deb # fixed, so a re-run finds what a killed run left
+SOCK=/run/smimefilter/lmtp.sock
+SYSUSER=_smimefilter
+RCPT=alice@example.org
+SECRET="ci-deb secret body $$-$RANDOM"
+
+DEB=""
+DAEMON_PID=""
+FAILED=0
+declare -a SUMMARY=()
+T0=$(date +%s.%N)
+
+# --- helpers ----------------------------------------------------------------
+
+log() { echo "ci-deb: $*"; }
+fail() { echo "FAIL: $*"; return 1; }
+
+# step NAME FUNCTION: run it with its output in a log; after a failure only
+# steps marked "always" run (cleanup).
+step() {
+	local name=$1 fn=$2 mode=${3:-} t1 t2 rc
+	local logf=$STATE/logs/$(printf '%02d' ${#SUMMARY[@]})-$name.log
+	if [ "$FAILED" -ne 0 ] && [ "$mode" != always ]; then
+		SUMMARY+=("SKIP  $name")
+		return
+	fi
+	t1=$(date +%s.%N)
+	log "--- $name"
+	"$fn" >"$logf" 2>&1
+	rc=$?
+	t2=$(date +%s.%N)
+	local dt
+	dt=$(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.1fs", b - a }')
+	if [ $rc -eq 0 ]; then
+		SUMMARY+=("PASS  $name ($dt)")
+	else
+		FAILED=1
+		SUMMARY+=("FAIL  $name ($dt, log: $logf)")
+		echo "ci-deb: step $name failed (exit $rc); last lines of $logf:"
+		tail -n 60 "$logf" | sed 's/^/    /'
+	fi
+}
+
+is_our_daemon() { # pid: is it a daemon (or activator) that a run of ours started?
+	local cmd
+	cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
+	case $cmd in *"$STATE/smimefilter.toml"*) return 0 ;; esac
+	return 1
+}
+
+stop_daemon() {
+	local pid=$1
+	is_our_daemon "$pid" || return 0
+	kill -TERM "$pid" 2>/dev/null
+	for _ in $(seq 1 100); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null
+}
+
+# --- steps ------------------------------------------------------------------
+
+prepare() {
+	# What an earlier, interrupted run may have left.
+	if [ -f "$STATE/daemon.pid" ]; then
+		stop_daemon "$(cat "$STATE/daemon.pid")"
+	fi
+	if dpkg-query -W -f='${Status}' smimefilter 2>/dev/null | grep -qv 'not-installed'; then
+		echo "purging an earlier installation"
+		apt-get purge -y smimefilter || return 1
+	fi
+	rm -rf /run/smimefilter
+	find "$STATE" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} + 2>/dev/null
+	for tool in go dpkg-parsechangelog lintian systemd-analyze systemd-socket-activate swaks openssl setpriv; do
+		command -v "$tool" >/dev/null || fail "$tool not found" || return 1
+	done
+	[ "$(id -u)" -eq 0 ] || fail "must run as root"
+}
+
+build() {
+	local out
+	out=$(packaging/build-deb.sh) || return 1
+	echo "$out"
+	DEB=$(echo "$out" | tail -n 1)
+	[ -f "$DEB" ] || fail "build-deb.sh did not produce $DEB"
+	dpkg-deb --info "$DEB" && dpkg-deb --contents "$DEB"
+}
+
+reproducible() {
+	local a b
+	a=$(sha256sum <"$DEB")
+	packaging/build-deb.sh >/dev/null || return 1
+	b=$(sha256sum <"$DEB")
+	echo "first build:  $a"
+	echo "second build: $b"
+	[ "$a" = "$b" ] || fail "two builds of the same tree differ"
+}
+
+run_lintian() {
+	local out rc
+	out=$(lintian --display-info --fail-on error,warning "$DEB" 2>&1)
+	rc=$?
+	out=$(echo "$out" | grep -v 'running with root privileges is not recommended')
+	echo "$out"
+	if echo "$out" | grep -qE '^[EW]: '; then fail "lintian reports errors or warnings"; return 1; fi
+	[ $rc -eq 0 ] || fail "lintian exited $rc"
+}
+
+install_pkg() {
+	apt-get install -y "./$DEB" || return 1
+	dpkg-query -W -f='${Status} ${Version}\n' smimefilter
+	dpkg-query -W -f='${Status}' smimefilter | grep -q '^install ok installed$' ||
+		fail "not installed" || return 1
+	getent passwd "$SYSUSER" || fail "user $SYSUSER missing" || return 1
+	getent group "$SYSUSER" || fail "group $SYSUSER missing" || return 1
+	dpkg-query -W -f='${Conffiles}\n' smimefilter | grep -q '/etc/smimefilter/smimefilter.toml' ||
+		fail "smimefilter.toml is not a conffile" || return 1
+	[ -d /etc/smimefilter/certs ] || fail "/etc/smimefilter/certs missing" || return 1
+	[ -L /etc/systemd/system/sockets.target.wants/smimefilter.socket ] ||
+		fail "smimefilter.socket not enabled" || return 1
+	local want
+	want=$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)
+	/usr/sbin/smimefilter version
+	/usr/sbin/smimefilter version | grep -qx "smimefilter ${want%-*}" ||
+		fail "smimefilter version does not print ${want%-*}"
+}
+
+upgrade_keeps_conffile() {
+	# A later version of the same package, to upgrade to: dpkg must keep
+	# the administrator's change to the conffile (unchanged in the package).
+	local dir=$STATE/upgrade new
+	rm -rf "$dir" && mkdir -p "$dir" || return 1
+	dpkg-deb --raw-extract "$DEB" "$dir/root" || return 1
+	sed -i 's/^Version: .*/&+ciupgrade1/' "$dir/root/DEBIAN/control"
+	new=$dir/$(basename "$DEB" .deb)+ciupgrade1.deb
+	dpkg-deb --root-owner-group --build "$dir/root" "$new" >/dev/null || return 1
+	echo "# ci-deb: local change $$" >>/etc/smimefilter/smimefilter.toml
+	apt-get install -y "$new" || return 1
+	dpkg-query -W -f='${Version}\n' smimefilter | grep -q 'ciupgrade1$' || fail "upgrade did not happen" || return 1
+	grep -q "^# ci-deb: local change $$\$" /etc/smimefilter/smimefilter.toml ||
+		fail "the upgrade replaced the changed conffile" || return 1
+	[ ! -e /etc/smimefilter/smimefilter.toml.dpkg-new ] || fail "a .dpkg-new file was left" || return 1
+	getent passwd "$SYSUSER" >/dev/null || fail "user lost on upgrade"
+}
+
+check_config() {
+	/usr/sbin/smimefilter check -config /etc/smimefilter/smimefilter.toml || return 1
+	# As the service's user, which is what matters under systemd.
+	setpriv --reuid="$SYSUSER" --regid="$SYSUSER" --clear-groups \
+		/usr/sbin/smimefilter check -config /etc/smimefilter/smimefilter.toml >/dev/null ||
+		fail "check fails as user $SYSUSER"
+}
+
+verify_units() {
+	local out man=yes
+	# Documentation= is checked with man(1) when it exists (lintian pulls
+	# in man-db).
+	command -v man >/dev/null || man=no
+	out=$(systemd-analyze verify --man=$man /lib/systemd/system/smimefilter.socket \
+		/lib/systemd/system/smimefilter.service 2>&1) || { echo "$out"; fail "systemd-analyze verify"; return 1; }
+	[ -z "$out" ] || { echo "$out"; fail "systemd-analyze verify printed warnings"; return 1; }
+	echo "systemd-analyze verify: clean"
+	# Exposure at most 2.0 (the threshold is in tenths).
+	systemd-analyze security --offline=true --threshold=20 \
+		/lib/systemd/system/smimefilter.service | tail -n 1 || fail "exposure above 2.0"
+}
+
+make_certificate() {
+	mkdir -p "$STATE/certs" "$STATE/mail" || return 1
+	cat >"$STATE/openssl.cnf" <<EOF
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = Alice Example
+[ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, keyEncipherment, digitalSignature
+extendedKeyUsage = emailProtection
+subjectAltName = email:$RCPT
+subjectKeyIdentifier = hash
+EOF
+	openssl req -x509 -new -newkey rsa:2048 -nodes -days 2 -sha256 \
+		-config "$STATE/openssl.cnf" -extensions ext \
+		-keyout "$STATE/alice-key.pem" -out "$STATE/certs/alice.pem" 2>&1 || return 1
+	chmod 0644 "$STATE/certs/alice.pem"
+	chmod 0600 "$STATE/alice-key.pem"
+	chmod 0755 "$STATE" "$STATE/certs"
+	chown "$SYSUSER:$SYSUSER" "$STATE/mail"
+	chmod 0700 "$STATE/mail"
+	cat >"$STATE/smimefilter.toml" <<EOF
+# ci-deb.sh: the installed daemon, delivering into a Maildir.
+[listen]
+socket = "$SOCK"
+
+[deliver]
+maildir = "$STATE/mail/%d/%n"
+
+[certs]
+dir = "$STATE/certs"
+
+[policy]
+missing_certificate = "reject"
+
+[log]
+level = "debug"
+EOF
+	setpriv --reuid="$SYSUSER" --regid="$SYSUSER" --clear-groups \
+		/usr/sbin/smimefilter check -config "$STATE/smimefilter.toml" || return 1
+	/usr/sbin/smimefilter check -config "$STATE/smimefilter.toml" | grep -q "$RCPT" ||
+		fail "check does not list the certificate for $RCPT"
+}
+
+start_activated() {
+	mkdir -p /run/smimefilter && rm -f "$SOCK"
+	# systemd-socket-activate binds the socket (root, 0644: the client below
+	# runs as root) and, at the first connection, execs the command with
+	# LISTEN_FDS=1 and LISTEN_PID set to its own PID. setpriv drops to the
+	# service user and execs again, so LISTEN_PID still matches.
+	systemd-socket-activate -l "$SOCK" \
+		/usr/bin/setpriv --reuid="$SYSUSER" --regid="$SYSUSER" --clear-groups \
+		/usr/sbin/smimefilter -config "$STATE/smimefilter.toml" \
+		>"$STATE/daemon.log" 2>&1 </dev/null &
+	DAEMON_PID=$!
+	echo "$DAEMON_PID" >"$STATE/daemon.pid"
+	for _ in $(seq 1 100); do
+		[ -S "$SOCK" ] && { ls -l "$SOCK"; return 0; }
+		kill -0 "$DAEMON_PID" 2>/dev/null || break
+		sleep 0.05
+	done
+	cat "$STATE/daemon.log"
+	fail "no socket at $SOCK"
+}
+
+deliver_one() {
+	swaks --protocol LMTP --socket "$SOCK" --timeout 30 \
+		--helo ci-deb.example.test --from sender@example.net --to "$RCPT" \
+		--header "Subject: ci-deb" --body "$SECRET" || fail "swaks failed" || return 1
+	echo "--- daemon log"
+	cat "$STATE/daemon.log"
+	grep -q 'activated=true' "$STATE/daemon.log" ||
+		fail "the daemon did not report the socket from activation"
+}
+
+check_delivered() {
+	local dir=$STATE/mail/example.org/alice/new files f
+	files=$(find "$dir" -type f 2>/dev/null)
+	[ "$(echo "$files" | grep -c .)" -eq 1 ] || fail "want 1 message in $dir, got: $files" || return 1
+	f=$files
+	ls -l "$f"
+	sed -n '1,/^\r\?$/p' "$f"
+	grep -qi '^Content-Type: application/pkcs7-mime' "$f" ||
+		fail "message is not application/pkcs7-mime" || return 1
+	! grep -q "$SECRET" "$f" || fail "the body is readable in the stored message" || return 1
+	# Decrypt it as a client would. (The daemon writes CRLF line ends.)
+	sed '1,/^\r\?$/d' "$f" | tr -d '\r' | base64 -d >"$STATE/msg.der" ||
+		fail "body is not base64" || return 1
+	openssl cms -decrypt -inform DER -in "$STATE/msg.der" -binary \
+		-inkey "$STATE/alice-key.pem" -recip "$STATE/certs/alice.pem" >"$STATE/msg.txt" ||
+		fail "openssl cms -decrypt failed" || return 1
+	echo "--- decrypted"
+	cat "$STATE/msg.txt"
+	grep -q "$SECRET" "$STATE/msg.txt" || fail "decrypted text lacks the body"
+}
+
+stop_activated() {
+	local rc
+	kill -TERM "$DAEMON_PID" || return 1
+	for _ in $(seq 1 400); do
+		kill -0 "$DAEMON_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	if kill -0 "$DAEMON_PID" 2>/dev/null; then
+		fail "still running 40s after SIGTERM"
+		return 1
+	fi
+	wait "$DAEMON_PID"
+	rc=$?
+	DAEMON_PID=""
+	rm -f "$STATE/daemon.pid"
+	cat "$STATE/daemon.log"
+	[ $rc -eq 0 ] || fail "exit status $rc after SIGTERM, want 0" || return 1
+	! grep -q 'level=ERROR' "$STATE/daemon.log" || fail "errors in the daemon log"
+}
+
+purge_pkg() {
+	if [ -n "$DAEMON_PID" ]; then stop_daemon "$DAEMON_PID"; fi
+	dpkg-query -W -f='${Status}' smimefilter 2>/dev/null | grep -q '^install ok' || {
+		echo "not installed, nothing to purge"
+		return 0
+	}
+	dpkg -L smimefilter >"$STATE/files.txt"
+	# The run above left Maildir files owned by the user; they are ours,
+	# not the package's.
+	rm -rf "$STATE/mail"
+	apt-get purge -y smimefilter || return 1
+	local left=0 p
+	dpkg-query -W -f='${Status}' smimefilter 2>/dev/null | grep -qv 'not-installed' &&
+		{ fail "dpkg still knows smimefilter"; left=1; }
+	for p in /etc/smimefilter /usr/share/doc/smimefilter /run/smimefilter; do
+		[ ! -e "$p" ] || { fail "$p is left"; left=1; }
+	done
+	while read -r p; do
+		[ -d "$p" ] && continue
+		[ ! -e "$p" ] && [ ! -L "$p" ] || { fail "$p is left"; left=1; }
+	done <"$STATE/files.txt"
+	getent passwd "$SYSUSER" && { fail "user $SYSUSER is left"; left=1; }
+	getent group "$SYSUSER" && { fail "group $SYSUSER is left"; left=1; }
+	p=$(find /etc/systemd/system /var/lib/systemd/deb-systemd-helper-enabled \
+		/var/lib/systemd/deb-systemd-helper-masked -name '*smimefilter*' 2>/dev/null)
+	[ -z "$p" ] || { fail "systemd state left: $p"; left=1; }
+	[ $left -eq 0 ] && echo "nothing left"
+}
+
+# --- main -------------------------------------------------------------------
+
+mkdir -p "$STATE/logs" && rm -f "$STATE"/logs/*
+trap 'if [ -n "$DAEMON_PID" ]; then stop_daemon "$DAEMON_PID"; fi' EXIT
+
+step prepare prepare
+step build build
+step reproducible reproducible
+step lintian run_lintian
+step install install_pkg
+step upgrade-keeps-conffile upgrade_keeps_conffile
+step check-config check_config
+step verify-units verify_units
+step certificate make_certificate
+step start-activated start_activated
+step deliver deliver_one
+step check-delivered check_delivered
+step stop stop_activated
+step purge purge_pkg always
+
+total=$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
+echo
+echo "== ci-deb summary (${total}s; logs in $STATE/logs) =="
+printf '  %s\n' "${SUMMARY[@]}"
+if [ "$FAILED" -eq 0 ]; then
+	echo "ci-deb: PASS"
+	exit 0
+fi
+echo "ci-deb: FAIL"
+exit 1
