@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -305,5 +307,43 @@ func TestEnvelopeInjectionRefused(t *testing.T) {
 	defer p.Close()
 	if _, err := p.Begin(context.Background(), Envelope{From: "a@b", Rcpts: []string{"x@y>\r\nRCPT TO:<z@w"}}); !errors.Is(err, errProtocol) {
 		t.Errorf("got %v, want a refusal", err)
+	}
+}
+
+func TestMaildirStoresLF(t *testing.T) {
+	root := t.TempDir()
+	m, err := NewMaildir(filepath.Join(root, "%d", "%n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		chunks []string
+		want   string
+	}{
+		{[]string{"a\r\nb\r\n"}, "a\nb\n"},
+		{[]string{"a\r", "\nb\r", "\n"}, "a\nb\n"},
+		{[]string{"lone\rcr\r", "x"}, "lone\rcr\rx"},
+		{[]string{"end\r"}, "end\r"},
+		{[]string{"bare\nlf\r\n"}, "bare\nlf\n"},
+	} {
+		tx, _ := m.Begin(context.Background(), Envelope{From: "s@example.net", Rcpts: []string{"a@example.org"}})
+		for _, c := range tc.chunks {
+			tx.Write([]byte(c))
+		}
+		if res := tx.Commit(); res[0] != nil {
+			t.Fatal(res[0])
+		}
+		files, _ := filepath.Glob(filepath.Join(root, "example.org", "a", "new", "*"))
+		if len(files) != 1 {
+			t.Fatalf("%d files", len(files))
+		}
+		data, _ := os.ReadFile(files[0])
+		os.Remove(files[0])
+		if string(data) != tc.want {
+			t.Errorf("%q: stored %q, want %q", tc.chunks, data, tc.want)
+		}
+		if !strings.HasSuffix(files[0], fmt.Sprintf(",S=%d", len(tc.want))) {
+			t.Errorf("%s: S= does not match %d bytes", files[0], len(tc.want))
+		}
 	}
 }

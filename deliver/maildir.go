@@ -1,6 +1,7 @@
 package deliver
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -130,7 +131,43 @@ type maildirFile struct {
 	f    *os.File
 	n    int64
 	err  error
+	cr   bool // the last chunk ended in CR, held back
+	buf  []byte
 }
+
+// write stores b with CRLF line ends turned into LF: Maildir files hold
+// lines in the local convention, which Dovecot and every Maildir reader
+// expect (Dovecot writes LF itself). A CR at the end of a chunk is held
+// back until the next byte shows whether it ends a line.
+func (f *maildirFile) write(b []byte) error {
+	out := f.buf[:0]
+	if f.cr {
+		f.cr = false
+		if len(b) == 0 || b[0] != '\n' {
+			out = append(out, '\r')
+		}
+	}
+	for {
+		i := bytes.Index(b, crlf)
+		if i < 0 {
+			break
+		}
+		out = append(out, b[:i]...)
+		out = append(out, '\n')
+		b = b[i+2:]
+	}
+	if n := len(b); n > 0 && b[n-1] == '\r' {
+		f.cr = true
+		b = b[:n-1]
+	}
+	out = append(out, b...)
+	f.buf = out
+	n, err := f.f.Write(out)
+	f.n += int64(n)
+	return err
+}
+
+var crlf = []byte("\r\n")
 
 func (m *Maildir) create(rcpt string) (*maildirFile, error) {
 	dir, err := ExpandTemplate(m.Template, rcpt)
@@ -176,9 +213,7 @@ func (tx *maildirTx) Write(b []byte) (int, error) {
 		if f == nil || f.err != nil {
 			continue
 		}
-		n, err := f.f.Write(b)
-		f.n += int64(n)
-		if err != nil {
+		if err := f.write(b); err != nil {
 			f.err = fmt.Errorf("writing %s: %w", f.f.Name(), err)
 			continue
 		}
@@ -213,6 +248,15 @@ func (tx *maildirTx) Commit() []error {
 
 func (f *maildirFile) commit() error {
 	tmp := filepath.Join(f.dir, "tmp", f.name)
+	if f.err == nil && f.cr {
+		// A lone CR at the very end is content.
+		f.cr = false
+		if _, err := f.f.Write([]byte{'\r'}); err != nil {
+			f.err = fmt.Errorf("writing %s: %w", tmp, err)
+		} else {
+			f.n++
+		}
+	}
 	if f.err != nil {
 		f.f.Close()
 		os.Remove(tmp)

@@ -207,7 +207,8 @@ func TestMaildirDelivery(t *testing.T) {
 			t.Fatalf("%s: new=%v tmp=%v, want one file in new/ and none in tmp/", user, news, tmps)
 		}
 		data, _ := os.ReadFile(news[0])
-		if !bytes.HasSuffix(data, msg("md", body)) {
+		// Maildir files hold LF line ends.
+		if !bytes.HasSuffix(data, bytes.ReplaceAll(msg("md", body), []byte("\r\n"), []byte("\n"))) {
 			t.Errorf("%s: stored %q", user, data)
 		}
 		if !strings.Contains(filepath.Base(news[0]), fmt.Sprintf(",S=%d", len(data))) {
