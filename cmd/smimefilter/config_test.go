@@ -2,12 +2,22 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smimefilter/smimefilter/internal/smimetest"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -195,5 +205,50 @@ func TestDemoConfigIsValid(t *testing.T) {
 	if !strings.Contains(out.String(), "demo@example.test") || !strings.Contains(out.String(), "certificates loaded: 1") {
 		t.Errorf("check does not list the demo certificate:\n%s", out.String())
 	}
-	_ = time.Second
+}
+
+func TestCheckListsCertificates(t *testing.T) {
+	dir := t.TempDir()
+	good := smimetest.NewRecipient(t, "alice@example.org")
+	expired := smimetest.NewRecipient(t, "old@example.org", smimetest.Expired())
+	os.WriteFile(filepath.Join(dir, "alice.pem"), good.CertPEM, 0o644)
+	os.WriteFile(filepath.Join(dir, "old.pem"), expired.CertPEM, 0o644)
+	os.WriteFile(filepath.Join(dir, "broken.pem"), []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), 0o644)
+	// One that expires in ten days, self-signed for brevity.
+	key, _ := good.Key.(*rsa.PrivateKey)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(42), Subject: pkix.Name{CommonName: "soon"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageKeyEncipherment, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection},
+		EmailAddresses: []string{"soon@example.org"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "soon.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+
+	p := writeConfig(t, "[listen]\naddress = \"127.0.0.1:10024\"\n[deliver]\nlmtp = \"/run/dovecot/lmtp\"\n[certs]\ndir = \""+dir+"\"\n")
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "-config", p}, &out, &errb); code != exitOK {
+		t.Fatalf("check exit %d: %s", code, errb.String())
+	}
+	o := out.String()
+	sum := sha256.Sum256(good.Cert.Raw)
+	for _, want := range []string{
+		"certificates loaded: 2",
+		"alice@example.org  sha256:" + hex.EncodeToString(sum[:]) + "  expires " + good.Cert.NotAfter.UTC().Format(time.RFC3339),
+		"soon@example.org",
+		"expiring within 30 days: 1",
+		"(in 9 days)",
+		"old.pem",
+		"broken.pem",
+	} {
+		if !strings.Contains(o, want) {
+			t.Errorf("check output lacks %q:\n%s", want, o)
+		}
+	}
+	if !strings.Contains(o, "expired") {
+		t.Errorf("the expired certificate's reason is not given:\n%s", o)
+	}
 }
