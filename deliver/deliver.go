@@ -72,3 +72,14 @@ func allErr(n int, err error) []error {
 	}
 	return out
 }
+
+// Verifier is implemented by targets that can tell, before the message,
+// whether the next hop would take a recipient at all (an LMTP server knows
+// its users). The filter asks before applying a missing-certificate
+// policy, so that an unknown user bounces at once instead of waiting in the
+// queue for a certificate that will never come.
+type Verifier interface {
+	// Verify returns nil if rcpt would be accepted, the next hop's reply
+	// (an *smtp.SMTPError) if not, or a connection error.
+	Verify(ctx context.Context, from, rcpt string) error
+}

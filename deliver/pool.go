@@ -591,3 +591,66 @@ func (p *Pool) String() string {
 	}
 	return proto + ":" + strings.TrimPrefix(p.opts.Network+":", "tcp:") + p.opts.Addr
 }
+
+// Verify asks the next hop about one recipient: MAIL, RCPT and RSET, in one
+// round trip where pipelining allows. No message is sent.
+func (p *Pool) Verify(ctx context.Context, from, rcpt string) error {
+	if err := checkEnvelope(Envelope{From: from, Rcpts: []string{rcpt}}); err != nil {
+		return err
+	}
+	for attempt := 0; ; attempt++ {
+		pc, err := p.get(ctx)
+		if err != nil {
+			return err
+		}
+		rej, clean, err := p.verify(pc, from, rcpt)
+		if err == nil {
+			p.put(pc, clean)
+			return rej
+		}
+		p.discard(pc)
+		if pc.reused && attempt == 0 && peerGone(err) {
+			continue
+		}
+		return outboundError("verify", err)
+	}
+}
+
+func (p *Pool) verify(pc *poolConn, from, rcpt string) (rej error, clean bool, err error) {
+	c := pc.c
+	cmds := []string{"MAIL FROM:<" + from + ">", "RCPT TO:<" + rcpt + ">", "RSET"}
+	replies := make([]reply, 0, len(cmds))
+	if c.has("PIPELINING") {
+		for _, cmd := range cmds {
+			c.bw.WriteString(cmd + "\r\n")
+		}
+		if err := c.flush(); err != nil {
+			return nil, false, err
+		}
+		for range cmds {
+			r, err := c.readReply(p.opts.CommandTimeout)
+			if err != nil {
+				return nil, false, err
+			}
+			replies = append(replies, r)
+		}
+	} else {
+		for _, cmd := range cmds {
+			r, err := c.command(cmd)
+			if err != nil {
+				return nil, false, err
+			}
+			replies = append(replies, r)
+		}
+	}
+	if replies[0].code == 421 {
+		return nil, false, replies[0].err()
+	}
+	switch {
+	case replies[0].code != 250:
+		rej = replies[0].err()
+	case replies[1].code != 250 && replies[1].code != 251:
+		rej = replies[1].err()
+	}
+	return rej, replies[2].code == 250, nil
+}

@@ -44,7 +44,7 @@ type fakeMsg struct {
 	data  []byte
 }
 
-func startFakeLMTP(t testing.TB) *fakeLMTP {
+func startFakeLMTP(t testing.TB, configure ...func(*smtp.Server)) *fakeLMTP {
 	t.Helper()
 	f := &fakeLMTP{t: t, path: filepath.Join(t.TempDir(), "lmtp.sock")}
 	f.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
@@ -54,6 +54,9 @@ func startFakeLMTP(t testing.TB) *fakeLMTP {
 	f.srv.Domain = "fake-dovecot"
 	f.srv.EnableSMTPUTF8 = true
 	f.srv.ErrorLog = testLog{t}
+	for _, c := range configure {
+		c(f.srv)
+	}
 	l, err := net.Listen("unix", f.path)
 	if err != nil {
 		t.Fatal(err)

@@ -92,8 +92,12 @@ type Config struct {
 	// LookupRewritten looks certificates up by the rewritten address
 	// instead of the original one.
 	LookupRewritten bool
-	Policy          Policy
-	SMIME           smime.Options
+	// RecipientDelimiter, when set, lets alice+detail@ use alice@'s
+	// certificates when it has none of its own (characters as in Postfix's
+	// recipient_delimiter).
+	RecipientDelimiter string
+	Policy             Policy
+	SMIME              smime.Options
 	// Deliver receives every copy, except what goes to Reinject.
 	Deliver deliver.Target
 	// Reinject, when set, receives recipients whose (rewritten) domain is

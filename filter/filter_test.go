@@ -144,9 +144,8 @@ func TestPoolMaxTransactionsPerConnection(t *testing.T) {
 }
 
 func TestBackendClosingIdleConnection(t *testing.T) {
-	f := startFakeLMTP(t)
 	// Dovecot drops idle LMTP clients after its own timeout; so does this one.
-	f.srv.ReadTimeout = 150 * time.Millisecond
+	f := startFakeLMTP(t, func(s *smtp.Server) { s.ReadTimeout = 150 * time.Millisecond })
 	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxIdle: 1, IdleTimeout: time.Hour}})
 	cl := lmtpClient(t, rf.path)
 	if got := send(t, cl, "s@example.net", []string{"a@example.org"}, msg("first", "x\r\n")); got["a@example.org"].code != 250 {
@@ -276,16 +275,26 @@ func TestRecipientLimit(t *testing.T) {
 func TestOverlongLine(t *testing.T) {
 	f := startFakeLMTP(t)
 	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxLineLength: 1000}})
-	cl := lmtpClient(t, rf.path)
-	got := send(t, cl, "s@example.net", []string{"a@example.org"}, msg("long", strings.Repeat("x", 5000)+"\r\n"))
-	if got["a@example.org"].code != 500 {
-		t.Errorf("overlong line: got %v, want 500 5.6.0", got)
+	c, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	cmd("MAIL FROM:<s@example.net>\r\n")
+	cmd("RCPT TO:<a@example.org>\r\n")
+	if r := cmd("DATA\r\n"); !strings.HasPrefix(r, "354") {
+		t.Fatalf("DATA: %q", r)
+	}
+	// The daemon answers as soon as the line is too long and closes, so
+	// the rest of the write may fail: write in the background.
+	go io.WriteString(c, "Subject: long\r\n\r\n"+strings.Repeat("x", 5000)+"\r\n.\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	reply, _ := io.ReadAll(c)
+	if !strings.HasPrefix(string(reply), "500 5.6.0") {
+		t.Errorf("overlong line: got %q, want 500 5.6.0", reply)
 	}
 	if len(f.messages()) != 0 {
 		t.Errorf("a message with an overlong line was delivered")
 	}
 	// The daemon goes on serving new connections.
-	got = send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org"}, msg("ok", "x\r\n"))
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org"}, msg("ok", "x\r\n"))
 	if got["a@example.org"].code != 250 {
 		t.Errorf("next connection: got %v", got)
 	}
@@ -480,15 +489,24 @@ func TestShutdownGraceExpires(t *testing.T) {
 func TestNewTransactionDuringShutdownIsRefused(t *testing.T) {
 	f := startFakeLMTP(t)
 	rf := startFilter(t, f.path, filterOpts{})
-	_, cmd := rawSession(t, rf.path)
+	c1, cmd := rawSession(t, rf.path)
 	cmd("LHLO postfix.test\r\n")
 	cmd("MAIL FROM:<s@example.net>\r\n") // holds the shutdown open
 	_, cmd2 := rawSession(t, rf.path)
 	cmd2("LHLO postfix.test\r\n")
-	go rf.srv.Shutdown(5 * time.Second)
+	stopped := make(chan struct{})
+	go func() { rf.srv.Shutdown(30 * time.Second); close(stopped) }()
 	waitFor(t, "shutdown to start", 5*time.Second, func() bool { return rf.be.stopping.Load() })
 	if got := cmd2("MAIL FROM:<s@example.net>\r\n"); !strings.HasPrefix(got, "421") {
 		t.Errorf("MAIL during shutdown: got %q, want 421", got)
+	}
+	// The client holding a transaction goes away before DATA: the shutdown
+	// must not wait for it until the grace period ends.
+	c1.Close()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown still waits for a transaction whose client is gone")
 	}
 }
 

@@ -129,12 +129,22 @@ func (c *limitConn) Close() error {
 // slogPrinter routes go-smtp's own error log into slog.
 type slogPrinter struct{ log *slog.Logger }
 
-func (p slogPrinter) Printf(format string, v ...any) {
-	p.log.Error("smtp server", "msg", sprintf(format, v...))
-}
+func (p slogPrinter) Printf(format string, v ...any) { p.print(sprintf(format, v...)) }
+func (p slogPrinter) Println(v ...any)               { p.print(sprintln(v...)) }
 
-func (p slogPrinter) Println(v ...any) {
-	p.log.Error("smtp server", "msg", sprintln(v...))
+// print logs go-smtp's message at a level that fits: a client that hung up
+// (a monitoring probe, Postfix closing a cached connection) is routine; a
+// panic is not.
+func (p slogPrinter) print(msg string) {
+	switch {
+	case strings.Contains(msg, "panic"):
+		p.log.Error("smtp server", "error", msg)
+	case strings.Contains(msg, "connection reset by peer"), strings.Contains(msg, "broken pipe"),
+		strings.Contains(msg, "use of closed network connection"):
+		p.log.Debug("smtp server", "error", msg)
+	default:
+		p.log.Warn("smtp server", "error", msg)
+	}
 }
 
 func sprintf(format string, v ...any) string { return fmt.Sprintf(format, v...) }

@@ -51,8 +51,14 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// txMu guards inTx, inData and closed: go-smtp calls Logout from the
+	// goroutine that closes the connection, possibly while LMTPData runs.
+	txMu   sync.Mutex
+	inTx   bool // between MAIL and the end of the transaction
+	inData bool
+	closed bool
+
 	// The transaction.
-	inTx   bool
 	seq    int
 	from   string
 	opts   smtp.MailOptions
@@ -87,7 +93,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if !s.b.beginTx() {
 		return s.reply(ErrShuttingDown)
 	}
+	s.txMu.Lock()
 	s.inTx = true
+	s.txMu.Unlock()
 	s.seq++
 	s.from = from
 	if opts != nil {
@@ -134,27 +142,67 @@ func (s *session) plan(to string) (*rcpt, error) {
 	}
 	if s.store != nil {
 		r.certs = s.store.Lookup(key)
+		if len(r.certs) == 0 {
+			if base, ok := stripDetail(key, s.b.cfg.RecipientDelimiter); ok {
+				// alice+lists@ is alice's mailbox and alice's key.
+				r.certs = s.store.Lookup(base)
+			}
+		}
 	}
 	if len(r.certs) > 0 {
 		r.action = actEncrypt
 		return r, nil
 	}
-	switch s.b.cfg.Policy.For(key) {
-	case Plaintext:
+	pol := s.b.cfg.Policy.For(key)
+	if pol == Plaintext {
 		r.action = actPlaintext
 		return r, nil
-	case Reject:
-		return r, fmt.Errorf("recipient %q: %w", key, ErrPolicyReject)
-	default:
-		return r, fmt.Errorf("recipient %q: %w", key, ErrNoCertificate)
 	}
+	if v, ok := s.b.cfg.Deliver.(deliver.Verifier); ok {
+		// Ask the mail store first: a user it does not have must bounce
+		// now with its own answer, not wait days in the queue for a
+		// certificate. Anything but a permanent refusal leaves the
+		// decision to the policy.
+		var se *smtp.SMTPError
+		if err := v.Verify(s.ctx, s.from, rw); errors.As(err, &se) && se.Code >= 500 {
+			return r, fmt.Errorf("recipient %q refused by the mail store: %w", rw, se)
+		}
+	}
+	if pol == Reject {
+		return r, fmt.Errorf("recipient %q: %w", key, ErrPolicyReject)
+	}
+	return r, fmt.Errorf("recipient %q: %w", key, ErrNoCertificate)
 }
 
-func (s *session) Reset() {
+// stripDetail removes a subaddress ("+detail", with any of the delimiter
+// characters, as Postfix's recipient_delimiter) from addr's local part.
+func stripDetail(addr, delims string) (string, bool) {
+	if delims == "" {
+		return "", false
+	}
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return "", false
+	}
+	i := strings.IndexAny(addr[:at], delims)
+	if i <= 0 {
+		return "", false
+	}
+	return addr[:i] + addr[at:], true
+}
+
+// endTx marks the transaction over for the shutdown count, once.
+func (s *session) endTx() {
 	if s.inTx {
 		s.inTx = false
 		s.b.endTx()
 	}
+}
+
+func (s *session) Reset() {
+	s.txMu.Lock()
+	s.endTx()
+	s.txMu.Unlock()
 	s.from = ""
 	s.opts = smtp.MailOptions{}
 	s.store = nil
@@ -165,6 +213,14 @@ func (s *session) Logout() error {
 	// Called by go-smtp from whichever goroutine closes the connection,
 	// possibly while LMTPData runs: only cancel here, LMTPData cleans up.
 	s.logout.Do(func() {
+		s.txMu.Lock()
+		s.closed = true
+		if !s.inData {
+			// A client gone between MAIL and DATA: go-smtp will not call
+			// Reset, and shutdown must not wait for this transaction.
+			s.endTx()
+		}
+		s.txMu.Unlock()
 		s.cancel()
 		s.b.Stats.Connections.Add(-1)
 		s.log.Debug("connection closed")
@@ -231,6 +287,17 @@ var (
 // deliver runs the DATA phase: read the header, make the copies, stream the
 // body once into all of them, commit each, and report every recipient.
 func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
+	s.txMu.Lock()
+	s.inData = true
+	s.txMu.Unlock()
+	defer func() {
+		s.txMu.Lock()
+		s.inData = false
+		if s.closed {
+			s.endTx()
+		}
+		s.txMu.Unlock()
+	}()
 	start := time.Now()
 	cr := &countingReader{r: r}
 	br := readers.Get().(*bufio.Reader)

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/internal/smimetest"
 	"github.com/smimefilter/smimefilter/recipients"
@@ -342,5 +344,56 @@ func TestHeaderProtectionAndOAEP(t *testing.T) {
 	}
 	if !bytes.Contains(plain, []byte(`hp="cipher"`)) || !bytes.Contains(plain, []byte("Subject: Secret subject")) {
 		t.Errorf("inner part lacks RFC 9788 header protection:\n%s", plain)
+	}
+}
+
+func TestUnknownUserBouncesBeforePolicy(t *testing.T) {
+	f := startFakeLMTP(t)
+	f.rcptAnswer = func(rcpt string) error {
+		if strings.HasPrefix(rcpt, "ghost@") {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User doesn't exist"}
+		}
+		return nil
+	}
+	rf := startFilter(t, f.path, filterOpts{cfg: Config{Certs: holder(t, certDir(t)), Policy: Policy{Default: Tempfail}}})
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"ghost@example.org", "known@example.org"}, msg("g", "x\r\n"))
+	if g := got["ghost@example.org"]; g.code != 550 || g.enh != (smtp.EnhancedCode{5, 1, 1}) {
+		t.Errorf("unknown user without certificate: got %v, want Dovecot's 550 5.1.1", g)
+	}
+	if g := got["known@example.org"]; g.code != 451 || g.enh != (smtp.EnhancedCode{4, 7, 0}) {
+		t.Errorf("known user without certificate: got %v, want 451 4.7.0", g)
+	}
+	if st := rf.pool.Stats(); st.Open != 1 || st.Idle != 1 {
+		t.Errorf("pool after verifying: %+v, want the one connection idle", st)
+	}
+}
+
+func TestSubaddressUsesBaseCertificate(t *testing.T) {
+	alice := smimetest.NewRecipient(t, "alice@example.org")
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{cfg: Config{Certs: holder(t, certDir(t, alice)), RecipientDelimiter: "+-", Policy: Policy{Default: Tempfail}}})
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"alice+lists@example.org", "alice-x@example.org", "bob+x@example.org"}, msg("sub", "x\r\n"))
+	if got["alice+lists@example.org"].code != 250 || got["alice-x@example.org"].code != 250 {
+		t.Errorf("subaddresses of alice: %v, want 250", got)
+	}
+	if got["bob+x@example.org"].code != 451 {
+		t.Errorf("bob+x without any certificate: %v, want 451", got["bob+x@example.org"])
+	}
+	envelopeOf(t, copyFor(t, f, "alice+lists@example.org"), alice)
+}
+
+func TestStripDetail(t *testing.T) {
+	for _, tc := range []struct{ in, delims, want string }{
+		{"alice+x@example.org", "+", "alice@example.org"},
+		{"alice+x+y@example.org", "+", "alice@example.org"},
+		{"alice@example.org", "+", ""},
+		{"+x@example.org", "+", ""},
+		{"alice-x@example.org", "+-", "alice@example.org"},
+		{"alice+x@example.org", "", ""},
+	} {
+		got, _ := stripDetail(tc.in, tc.delims)
+		if got != tc.want {
+			t.Errorf("stripDetail(%q, %q) = %q, want %q", tc.in, tc.delims, got, tc.want)
+		}
 	}
 }

@@ -73,6 +73,8 @@ type Config struct {
 		Dir        string `toml:"dir"`
 		TrustRoots string `toml:"trust_roots"`
 		Lookup     string `toml:"lookup"`
+		// RecipientDelimiter: alice+x@ falls back to alice@'s certificates.
+		RecipientDelimiter string `toml:"recipient_delimiter"`
 	} `toml:"certs"`
 	Policy struct {
 		MissingCertificate string            `toml:"missing_certificate"`

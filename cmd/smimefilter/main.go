@@ -196,14 +196,15 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 	}
 
 	fcfg := filter.Config{
-		Rewriter:        c.rewriter,
-		LookupRewritten: c.Certs.Lookup == "rewritten",
-		Policy:          c.policy(),
-		SMIME:           smime.Options{HeaderProtection: c.Policy.HeaderProtection},
-		Deliver:         target,
-		Reinject:        reinject,
-		MaxHeaderBytes:  c.Limits.MaxHeaderSize,
-		Logger:          log,
+		Rewriter:           c.rewriter,
+		LookupRewritten:    c.Certs.Lookup == "rewritten",
+		RecipientDelimiter: c.Certs.RecipientDelimiter,
+		Policy:             c.policy(),
+		SMIME:              smime.Options{HeaderProtection: c.Policy.HeaderProtection},
+		Deliver:            target,
+		Reinject:           reinject,
+		MaxHeaderBytes:     c.Limits.MaxHeaderSize,
+		Logger:             log,
 	}
 	if holder != nil {
 		fcfg.Certs = holder
