@@ -117,9 +117,17 @@ func newStack(t *testing.T, s setup) *stack {
 		ExtraConfig: dovecotConf,
 	})
 	dovecotSock := filepath.Join(filepath.Dir(st.dovecot.LMTPSocket()), dovecotFilterListen)
-	if fi, err := os.Stat(dovecotSock); err != nil || fi.Mode().Perm() != 0o600 ||
-		fi.Sys().(*syscall.Stat_t).Uid != uint32(atoi(t, nobody.Uid)) {
-		t.Fatalf("Dovecot's smimefilter listener %s: %v, want mode 0600 owned by %s (err %v)", dovecotSock, fi.Mode(), nobody.Username, err)
+	// Dovecot creates the listener and then sets its owner: poll.
+	var fi os.FileInfo
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		fi, err = os.Stat(dovecotSock)
+		if err == nil && fi.Mode().Perm() == 0o600 && fi.Sys().(*syscall.Stat_t).Uid == uint32(atoi(t, nobody.Uid)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Dovecot's smimefilter listener %s: %v, want mode 0600 owned by %s (err %v)", dovecotSock, fi, nobody.Username, err)
+		}
 	}
 
 	st.dir = mailstack.NewDir(t, "e2e")
