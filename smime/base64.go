@@ -1,0 +1,85 @@
+package smime
+
+import (
+	"encoding/base64"
+	"fmt"
+	"io"
+)
+
+const (
+	lineBytes     = 57 // 76 base64 characters: RFC 2045 §6.8's maximum line
+	lineLen       = 76 + 2
+	linesPerFlush = 512
+)
+
+// base64Lines encodes to base64 in lines of 76 characters ending in CRLF,
+// writing to dst in batches of whole lines.
+type base64Lines struct {
+	dst io.Writer
+	in  []byte // pending input, less than one batch
+	out []byte
+	err error
+}
+
+func newBase64Lines(dst io.Writer) *base64Lines {
+	return &base64Lines{
+		dst: dst,
+		in:  make([]byte, 0, lineBytes*linesPerFlush),
+		out: make([]byte, lineLen*linesPerFlush),
+	}
+}
+
+func (w *base64Lines) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	written := 0
+	for len(p) > 0 {
+		n := copy(w.in[len(w.in):cap(w.in)], p)
+		w.in = w.in[:len(w.in)+n]
+		p = p[n:]
+		written += n
+		if len(w.in) == cap(w.in) {
+			if err := w.flush(); err != nil {
+				return written, err
+			}
+		}
+	}
+	return written, nil
+}
+
+// flush writes the pending input: whole lines, then a last short line.
+func (w *base64Lines) flush() error {
+	o := 0
+	in := w.in
+	for len(in) > 0 {
+		n := min(len(in), lineBytes)
+		enc := base64.StdEncoding.EncodedLen(n)
+		base64.StdEncoding.Encode(w.out[o:o+enc], in[:n])
+		o += enc
+		w.out[o], w.out[o+1] = '\r', '\n'
+		o += 2
+		in = in[n:]
+	}
+	w.in = w.in[:0]
+	if o == 0 {
+		return nil
+	}
+	if _, err := w.dst.Write(w.out[:o]); err != nil {
+		w.err = fmt.Errorf("smime: writing base64: %w", err)
+		return w.err
+	}
+	return nil
+}
+
+// Close writes what is pending; dst stays open.
+func (w *base64Lines) Close() error {
+	if w.err != nil {
+		return w.err
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	w.err = ErrClosed
+	return nil
+}
