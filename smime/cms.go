@@ -158,7 +158,7 @@ func newEnvelope(recipients []*x509.Certificate, opts Options) (*envelope, error
 	}
 	key, iv := keyIV[:keySize], keyIV[keySize:]
 
-	infos := make([][]byte, 0, len(recipients))
+	infos := make([]recipientInfo, 0, len(recipients))
 	for _, c := range recipients {
 		ri, err := keyTransRecipientInfo(c, key, opts.KeyTransport, rnd)
 		if err != nil {
@@ -185,22 +185,18 @@ func newEnvelope(recipients []*x509.Certificate, opts Options) (*envelope, error
 // of the encrypted content. The constructed types are indefinite-length so
 // that nothing depends on the message size; RecipientInfos is small and
 // definite, as OpenSSL writes it.
-func envelopePrefix(infos [][]byte, iv []byte) ([]byte, error) {
-	// RFC 5652 §6.1: with no originatorInfo, no unprotectedAttrs and every
-	// RecipientInfo at version 0 (KeyTransRecipientInfo with
-	// issuerAndSerialNumber, RFC 5652 §6.2.1, OAEP included), the
-	// EnvelopedData version is 0; anything else here would be 2.
-	const version = 0
-
+func envelopePrefix(infos []recipientInfo, iv []byte) ([]byte, error) {
 	b := cryptobyte.NewBuilder(make([]byte, 0, 128+len(infos)*600))
 	b.AddBytes(beginSequence) // ContentInfo
 	addOID(b, oidEnvelopedData)
 	b.AddBytes(beginExplicit0) // content [0] EXPLICIT
 	b.AddBytes(beginSequence)  // EnvelopedData
-	b.AddASN1Int64(version)
-	b.AddASN1(asn1.SET, func(set *cryptobyte.Builder) { // recipientInfos
+	b.AddASN1Int64(envelopedDataVersion(infos))
+	// RecipientInfos in the order given. OpenSSL sorts this SET OF as DER
+	// would; BER does not require it and no decryptor cares.
+	b.AddASN1(asn1.SET, func(set *cryptobyte.Builder) {
 		for _, ri := range infos {
-			set.AddBytes(ri)
+			set.AddBytes(ri.der)
 		}
 	})
 	b.AddBytes(beginSequence) // EncryptedContentInfo
@@ -217,6 +213,26 @@ func envelopePrefix(infos [][]byte, iv []byte) ([]byte, error) {
 		return nil, fmt.Errorf("smime: encoding envelope: %w", err)
 	}
 	return out, nil
+}
+
+// recipientInfo is one encoded RecipientInfo and its version field.
+type recipientInfo struct {
+	version int64
+	der     []byte
+}
+
+// envelopedDataVersion applies RFC 5652 §6.1 to what this package writes:
+// there is never an originatorInfo, an unprotectedAttrs, a pwri or an ori,
+// so the version is 0 when every RecipientInfo is version 0 and 2 otherwise
+// (a KeyTransRecipientInfo naming the key by subjectKeyIdentifier would be
+// version 2).
+func envelopedDataVersion(infos []recipientInfo) int64 {
+	for _, ri := range infos {
+		if ri.version != 0 {
+			return 2
+		}
+	}
+	return 0
 }
 
 // addOID writes an OBJECT IDENTIFIER from its contents octets.
@@ -252,11 +268,14 @@ func keyKind(k any) string {
 
 // keyTransRecipientInfo encodes one KeyTransRecipientInfo (RFC 5652 §6.2.1)
 // naming the certificate by issuer and serial number.
-func keyTransRecipientInfo(c *x509.Certificate, key []byte, kt KeyTransport, rnd io.Reader) ([]byte, error) {
+func keyTransRecipientInfo(c *x509.Certificate, key []byte, kt KeyTransport, rnd io.Reader) (recipientInfo, error) {
+	// RFC 5652 §6.2.1: version 0 because rid is issuerAndSerialNumber,
+	// whatever the key encryption algorithm (OAEP included).
+	const version = 0
 	pub := c.PublicKey.(*rsa.PublicKey)
 	serial, err := rawSerial(c)
 	if err != nil {
-		return nil, err
+		return recipientInfo{}, err
 	}
 	var ek []byte
 	switch kt {
@@ -266,11 +285,11 @@ func keyTransRecipientInfo(c *x509.Certificate, key []byte, kt KeyTransport, rnd
 		ek, err = rsa.EncryptPKCS1v15(rnd, pub, key)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("smime: encrypting the content key for %q: %w", c.Subject.String(), err)
+		return recipientInfo{}, fmt.Errorf("smime: encrypting the content key for %q: %w", c.Subject.String(), err)
 	}
 	var b cryptobyte.Builder
 	b.AddASN1(asn1.SEQUENCE, func(ri *cryptobyte.Builder) {
-		ri.AddASN1Int64(0) // version 0: rid is issuerAndSerialNumber
+		ri.AddASN1Int64(version)
 		ri.AddASN1(asn1.SEQUENCE, func(ias *cryptobyte.Builder) {
 			ias.AddBytes(c.RawIssuer)
 			ias.AddBytes(serial)
@@ -280,9 +299,9 @@ func keyTransRecipientInfo(c *x509.Certificate, key []byte, kt KeyTransport, rnd
 	})
 	out, err := b.Bytes()
 	if err != nil {
-		return nil, fmt.Errorf("smime: encoding RecipientInfo: %w", err)
+		return recipientInfo{}, fmt.Errorf("smime: encoding RecipientInfo: %w", err)
 	}
-	return out, nil
+	return recipientInfo{version: version, der: out}, nil
 }
 
 func addKeyEncryptionAlgorithm(b *cryptobyte.Builder, kt KeyTransport) {

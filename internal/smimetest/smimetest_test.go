@@ -92,13 +92,8 @@ func TestKeyCache(t *testing.T) {
 func TestPKCS12Legacy(t *testing.T) {
 	Require(t, "openssl")
 	r := NewRecipient(t, "p12@example.test")
-	out, err := run(nil, nil, "openssl", "pkcs12", "-info", "-noout", "-in", r.PKCS12File(t), "-passin", "pass:"+P12Password)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// openssl prints -info details on stderr; run only returns stdout, so
-	// ask again with stderr.
-	_, info, err := runFull(nil, nil, "openssl", "pkcs12", "-info", "-noout", "-in", r.PKCS12File(t), "-passin", "pass:"+P12Password)
+	// openssl prints the -info details on stderr.
+	out, info, err := runFull(nil, nil, "openssl", "pkcs12", "-info", "-noout", "-in", r.PKCS12File(t), "-passin", "pass:"+P12Password)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,6 +164,25 @@ func TestOneShotDecryptors(t *testing.T) {
 		if got, err := f(); err != nil || string(got) != "one shot" {
 			t.Errorf("%s: %q, %v", name, got, err)
 		}
+	}
+}
+
+func TestDecryptMessage(t *testing.T) {
+	Require(t, "openssl")
+	r := NewRecipient(t, "bob@example.test")
+	dir := t.TempDir()
+	cert, _ := r.WriteFiles(t, dir)
+	in := filepath.Join(dir, "in")
+	if err := os.WriteFile(in, []byte("Content-Type: text/plain\r\n\r\nhi\r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := run(nil, nil, "openssl", "smime", "-encrypt", "-aes256", "-binary", "-in", in, "-subject", "x", cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecryptMessage(t, msg, r)
+	if err != nil || string(got) != "Content-Type: text/plain\r\n\r\nhi\r\n" {
+		t.Errorf("got %q, %v", got, err)
 	}
 }
 
