@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"sync"
 )
 
 const (
@@ -22,12 +23,18 @@ type base64Lines struct {
 }
 
 func newBase64Lines(dst io.Writer) *base64Lines {
+	b := base64Bufs.Get().(*base64Lines)
+	b.dst, b.err, b.in = dst, nil, b.in[:0]
+	return b
+}
+
+// base64Bufs keeps the 70 KiB of line buffers between messages.
+var base64Bufs = sync.Pool{New: func() any {
 	return &base64Lines{
-		dst: dst,
 		in:  make([]byte, 0, lineBytes*linesPerFlush),
 		out: make([]byte, lineLen*linesPerFlush),
 	}
-}
+}}
 
 func (w *base64Lines) Write(p []byte) (int, error) {
 	if w.err != nil {
@@ -80,6 +87,10 @@ func (w *base64Lines) Close() error {
 	if err := w.flush(); err != nil {
 		return err
 	}
+	// Hand the buffers on to the next message; this writer keeps none.
+	fresh := &base64Lines{in: w.in[:0], out: w.out}
+	w.in, w.out, w.dst = nil, nil, nil
+	base64Bufs.Put(fresh)
 	w.err = ErrClosed
 	return nil
 }

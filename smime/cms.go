@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"golang.org/x/crypto/cryptobyte"
 	"golang.org/x/crypto/cryptobyte/asn1"
@@ -349,13 +350,24 @@ func (e *envelope) start(dst io.Writer) (*envelopedWriter, error) {
 	if _, err := dst.Write(e.prefix); err != nil {
 		return nil, fmt.Errorf("smime: writing envelope: %w", err)
 	}
-	return &envelopedWriter{
-		dst:  dst,
-		mode: e.mode,
-		buf:  make([]byte, 0, e.segSize),
-		out:  make([]byte, maxOctetStringHL+e.segSize),
-	}, nil
+	w := &envelopedWriter{dst: dst, mode: e.mode}
+	if e.segSize == defaultSegmentSize {
+		// The daemon encrypts thousands of small messages a second: 128 KiB
+		// of fresh buffers for each was most of its garbage.
+		bufs := segmentBufs.Get().(*segmentBuffers)
+		w.buf, w.out, w.pooled = bufs.buf[:0], bufs.out, bufs
+	} else {
+		w.buf = make([]byte, 0, e.segSize)
+		w.out = make([]byte, maxOctetStringHL+e.segSize)
+	}
+	return w, nil
 }
+
+type segmentBuffers struct{ buf, out []byte }
+
+var segmentBufs = sync.Pool{New: func() any {
+	return &segmentBuffers{buf: make([]byte, 0, defaultSegmentSize), out: make([]byte, maxOctetStringHL+defaultSegmentSize)}
+}}
 
 // envelopedWriter encrypts in CBC mode as data arrives and writes each full
 // segment as a primitive OCTET STRING inside the constructed [0].
@@ -365,6 +377,8 @@ type envelopedWriter struct {
 	buf  []byte // plaintext not yet encrypted; cap is the segment size
 	out  []byte // one encoded segment
 	err  error  // sticky: after a failed write the stream is unusable
+
+	pooled *segmentBuffers // returned to segmentBufs by Close
 }
 
 func (w *envelopedWriter) Write(p []byte) (int, error) {
@@ -443,9 +457,14 @@ func (w *envelopedWriter) Close() error {
 	if err := w.writeSegment(w.buf); err != nil {
 		return err
 	}
+	// Plaintext must not linger in memory, pooled or not.
 	clear(w.buf[:cap(w.buf)])
 	clear(w.out)
 	w.buf = w.buf[:0]
+	if w.pooled != nil {
+		segmentBufs.Put(w.pooled)
+		w.pooled, w.buf, w.out = nil, nil, nil
+	}
 	var eoc [2 * openIndefinite]byte // X.690 §8.1.5: 00 00 per open encoding
 	if _, err := w.dst.Write(eoc[:]); err != nil {
 		w.err = fmt.Errorf("smime: writing end of envelope: %w", err)
