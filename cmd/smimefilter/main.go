@@ -77,28 +77,30 @@ func usage(w io.Writer) {
 `)
 }
 
-func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+// configFromArgs parses -config and loads that file, reporting any problem
+// on stderr; nil means the caller exits with exitConfig.
+func configFromArgs(name string, args []string, stderr io.Writer) *Config {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", defaultConfigPath, "configuration file")
 	if err := fs.Parse(args); err != nil {
-		return "", false
+		return nil
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "smimefilter %s: unexpected argument %q\n", name, fs.Arg(0))
-		return "", false
+		return nil
 	}
-	return *path, true
+	c, err := loadConfig(*path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return nil
+	}
+	return c
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	path, ok := configFlag("check", args, stderr)
-	if !ok {
-		return exitConfig
-	}
-	c, err := loadConfig(path)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
+	c := configFromArgs("check", args, stderr)
+	if c == nil {
 		return exitConfig
 	}
 	if err := c.printEffective(stdout); err != nil {
@@ -111,7 +113,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	st, err := certs.Load(c.certOptions())
 	if err != nil {
-		fmt.Fprintf(stderr, "%s:certs.dir: %v\n", path, err)
+		fmt.Fprintf(stderr, "%s:certs.dir: %v\n", c.path, err)
 		return exitConfig
 	}
 	reportCerts(stdout, st, time.Now())
@@ -155,13 +157,8 @@ func newLogger(c *Config, w io.Writer) *slog.Logger {
 }
 
 func cmdRun(args []string, stderr io.Writer) int {
-	path, ok := configFlag("run", args, stderr)
-	if !ok {
-		return exitConfig
-	}
-	c, err := loadConfig(path)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
+	c := configFromArgs("run", args, stderr)
+	if c == nil {
 		return exitConfig
 	}
 	return serve(c, stderr, nil)
