@@ -541,6 +541,9 @@ func (s *session) logOutcome(rc *rcpt, se *smtp.SMTPError, size int64, start tim
 	default:
 		s.b.Stats.Rejected.Add(1)
 	}
+	if !s.log.Enabled(context.Background(), level) {
+		return
+	}
 	attrs := []any{"tx", s.txID(), "from", s.from, "rcpt", rc.addr, "rewritten", rc.rewritten,
 		"action", rc.action.String(), "code", code, "status", enh}
 	if !start.IsZero() {
