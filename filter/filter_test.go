@@ -26,8 +26,8 @@ func TestPerRecipientStatusFromBackend(t *testing.T) {
 	f := startFakeLMTP(t)
 	f.answer = func(rcpt string) error {
 		switch {
-		case strings.HasPrefix(rcpt, "full@"):
-			return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "Mailbox is full"}
+		case strings.HasPrefix(rcpt, "busy@"):
+			return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 0}, Message: "Mailbox busy"}
 		case strings.HasPrefix(rcpt, "gone@"):
 			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"}
 		}
@@ -35,10 +35,10 @@ func TestPerRecipientStatusFromBackend(t *testing.T) {
 	}
 	rf := startFilter(t, f.path, filterOpts{})
 	cl := lmtpClient(t, rf.path)
-	got := send(t, cl, "sender@example.net", []string{"ok@example.org", "full@example.org", "gone@example.org"}, msg("s1", "hello\r\n"))
+	got := send(t, cl, "sender@example.net", []string{"ok@example.org", "busy@example.org", "gone@example.org"}, msg("s1", "hello\r\n"))
 	want := map[string]result{
 		"ok@example.org":   {250, smtp.EnhancedCode{2, 0, 0}},
-		"full@example.org": {452, smtp.EnhancedCode{4, 2, 2}},
+		"busy@example.org": {450, smtp.EnhancedCode{4, 2, 0}},
 		"gone@example.org": {550, smtp.EnhancedCode{5, 1, 1}},
 	}
 	for r, w := range want {
@@ -56,7 +56,7 @@ func TestPerRecipientStatusFromBackend(t *testing.T) {
 	}
 	// One log line per recipient outcome, with the fields operators grep for.
 	logs := rf.logs.String()
-	for _, want := range []string{"rcpt=ok@example.org", "code=250", "rcpt=full@example.org", "code=452", "rcpt=gone@example.org", "code=550", "size=", "duration="} {
+	for _, want := range []string{"rcpt=ok@example.org", "code=250", "rcpt=busy@example.org", "code=450", "rcpt=gone@example.org", "code=550", "size=", "duration="} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q", want)
 		}
@@ -181,8 +181,8 @@ func TestRewriteRules(t *testing.T) {
 	if !strings.Contains(logs, "rcpt=alice@old.example rewritten=alice@example.org") {
 		t.Errorf("log does not show original and rewritten address")
 	}
-	if !strings.Contains(logs, `level=WARN msg=recipient`) || !strings.Contains(logs, "no-at-sign") {
-		t.Errorf("invalid rewrite not logged with its result")
+	if !strings.Contains(logs, `level=ERROR msg=recipient`) || !strings.Contains(logs, "no-at-sign") {
+		t.Errorf("invalid rewrite not logged as an error with its result")
 	}
 }
 
@@ -399,6 +399,37 @@ func TestGarbageCommands(t *testing.T) {
 		if got := cmd(tc.in); !strings.HasPrefix(got, tc.wantPrefix) {
 			t.Errorf("%q: got %q, want %s...", tc.in, got, tc.wantPrefix)
 		}
+	}
+}
+
+func TestReadTimeout(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{ReadTimeout: 200 * time.Millisecond}})
+	c, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	cmd("MAIL FROM:<s@example.net>\r\n")
+	cmd("RCPT TO:<a@example.org>\r\n")
+	cmd("DATA\r\n")
+	io.WriteString(c, "Subject: stalled\r\n\r\nand then nothing")
+	// A client that stalls mid-DATA is cut off; nothing is delivered.
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil || strings.Contains(string(b), "250") {
+		t.Errorf("stalled client got %q (%v), want the connection closed without a 250", b, err)
+	}
+	// An idle connection is closed with 421.
+	_, cmd2 := rawSession(t, rf.path)
+	start := time.Now()
+	if got := cmd2(""); !strings.HasPrefix(got, "421 4.4.2") || time.Since(start) > 5*time.Second {
+		t.Errorf("idle connection: got %q after %v, want 421 4.4.2 after the read timeout", got, time.Since(start))
+	}
+	waitFor(t, "the stalled transaction to end", 5*time.Second, func() bool {
+		rf.be.mu.Lock()
+		defer rf.be.mu.Unlock()
+		return rf.be.active == 0
+	})
+	if len(f.messages()) != 0 {
+		t.Error("a stalled message was delivered")
 	}
 }
 

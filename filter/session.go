@@ -365,11 +365,15 @@ func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
 
 	// Commit the copies in parallel: each waits for its next hop's
 	// delivery, and those waits should overlap, not add up.
-	var wg sync.WaitGroup
-	for _, g := range groups {
-		wg.Go(func() { s.finish(g) })
+	if len(groups) == 1 {
+		s.finish(groups[0]) // the common case needs no goroutine
+	} else {
+		var wg sync.WaitGroup
+		for _, g := range groups {
+			wg.Go(func() { s.finish(g) })
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 
 	for _, g := range groups {
 		for i, rc := range g.rcpts {
@@ -529,7 +533,9 @@ func (s *session) logOutcome(rc *rcpt, se *smtp.SMTPError, size int64, start tim
 		code = se.Code
 		enh = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
 		level = slog.LevelWarn
-		if code >= 500 {
+		if code >= 500 || errors.Is(err, recipients.ErrInvalidAddress) {
+			// A rewrite rule producing garbage is the administrator's to
+			// fix, however temporary the reply.
 			level = slog.LevelError
 		}
 	}

@@ -464,8 +464,8 @@ func TestSystemdTwoActivatedSockets(t *testing.T) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	err := runWithTimeout(cmd)
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
-		t.Fatalf("two activated sockets: got %v, want a non-zero exit\n%s", err, e.logText(t))
+	if !errors.As(err, &ee) || ee.ExitCode() != exitConfig {
+		t.Fatalf("two activated sockets: got %v, want exit status %d (a configuration error)\n%s", err, exitConfig, e.logText(t))
 	}
 	if log := e.logText(t); !strings.Contains(log, "exactly one") {
 		t.Errorf("error message does not say exactly one socket is wanted:\n%s", log)
