@@ -29,9 +29,13 @@ func TestDelivery(t *testing.T) {
 				certs: []string{alice, bob, dan, "nobody@" + hostedDomain},
 			})
 			unknown := "nobody@" + hostedDomain
+			// ghost has neither a mailbox nor a certificate: the daemon asks
+			// Dovecot before the missing-certificate policy (tempfail), so
+			// it bounces at once instead of waiting in the queue.
+			ghost := "ghost@" + hostedDomain
 			viaDetail := "bob+lists@" + hostedDomain
 			viaRewrite := "dan@" + rewrittenDomain
-			rcpts := []string{alice, viaDetail, viaRewrite, unknown}
+			rcpts := []string{alice, viaDetail, viaRewrite, unknown, ghost}
 			if mode == modeContentFilter {
 				rcpts = append(rcpts, ext)
 			}
@@ -39,9 +43,14 @@ func TestDelivery(t *testing.T) {
 			st.send(rcpts, raw)
 
 			// The unknown recipient bounces alone, with Dovecot's status.
-			b := st.postfix.WaitStatus(unknown, "bounced", defaultStatusTimeout)
-			if b.DSN != "5.1.1" {
-				t.Errorf("%s: bounced with dsn=%s (%s), want 5.1.1 from Dovecot", unknown, b.DSN, b.Text)
+			for _, u := range []string{unknown, ghost} {
+				b := st.postfix.WaitStatus(u, "bounced", defaultStatusTimeout)
+				if b.DSN != "5.1.1" {
+					t.Errorf("%s: bounced with dsn=%s (%s), want 5.1.1 from Dovecot", u, b.DSN, b.Text)
+				}
+				if c := st.postfix.Count(u); c.Deferred != 0 {
+					t.Errorf("%s: deferred %d times before bouncing, want an immediate bounce", u, c.Deferred)
+				}
 			}
 			for _, r := range []string{alice, viaDetail, viaRewrite} {
 				d := st.postfix.WaitStatus(r, "sent", defaultStatusTimeout)
