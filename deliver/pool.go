@@ -193,6 +193,10 @@ func (p *Pool) expired(pc *poolConn, now time.Time) bool {
 // get returns an idle connection or dials a new one, waiting while MaxConns
 // connections are open.
 func (p *Pool) get(ctx context.Context) (*poolConn, error) {
+	var (
+		waitUntil time.Time
+		timer     *time.Timer
+	)
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -226,8 +230,19 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		}
 		wait := p.freed
 		p.mu.Unlock()
+		if waitUntil.IsZero() {
+			// Transactions hold their connections until they end, and one
+			// may need several (one per copy): waiting without a bound could
+			// deadlock two transactions that each hold what the other needs.
+			// A bounded wait turns that into a temporary failure instead.
+			waitUntil = time.Now().Add(p.opts.DialTimeout)
+			timer = time.NewTimer(p.opts.DialTimeout)
+			defer timer.Stop()
+		}
 		select {
 		case <-wait:
+		case <-timer.C:
+			return nil, fmt.Errorf("no free connection to %s within %v (%d open): %w", p.opts.Addr, p.opts.DialTimeout, p.opts.MaxConns, ErrUnreachable)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for a free connection to %s: %w: %w", p.opts.Addr, ErrUnreachable, ctx.Err())
 		}

@@ -107,7 +107,10 @@ type Config struct {
 	HostedDomains map[string]bool
 	// MaxHeaderBytes bounds the header block read before deciding. Default 256 KiB.
 	MaxHeaderBytes int
-	Logger         *slog.Logger
+	// MaxCopies bounds the distinct copies (outbound transactions) of one
+	// message; keep it at most the outbound pool's size. Default 8.
+	MaxCopies int
+	Logger    *slog.Logger
 }
 
 // Counters are running totals for sd_notify STATUS and logs.
@@ -137,6 +140,9 @@ type Backend struct {
 func NewBackend(cfg Config) *Backend {
 	if cfg.MaxHeaderBytes <= 0 {
 		cfg.MaxHeaderBytes = 256 << 10
+	}
+	if cfg.MaxCopies <= 0 {
+		cfg.MaxCopies = 8
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -131,6 +131,34 @@ func TestPoolReusesConnections(t *testing.T) {
 	}
 }
 
+func TestPoolExhaustedIsTemporary(t *testing.T) {
+	f := startFakeLMTP(t)
+	// One outbound connection: a second transaction cannot get one while
+	// the first streams its body, and must fail over in bounded time, not
+	// wait for ever.
+	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxConns: 1, MaxIdle: 1, DialTimeout: 300 * time.Millisecond}})
+	c1, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	cmd("MAIL FROM:<s@example.net>\r\n")
+	cmd("RCPT TO:<a@example.org>\r\n")
+	cmd("DATA\r\n")
+	// More than the 32 KiB read ahead (go-smtp's reader fills the whole
+	// buffer before returning), so that the copy has begun.
+	io.WriteString(c1, "Subject: first\r\n\r\n"+strings.Repeat("still streaming\r\n", 5000))
+	waitFor(t, "the first copy to hold the connection", 5*time.Second, func() bool { return rf.pool.Stats().Open == 1 })
+
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"b@example.org"}, msg("second", "x\r\n"))
+	if g := got["b@example.org"]; g.code != 451 || g.enh != (smtp.EnhancedCode{4, 4, 1}) {
+		t.Errorf("no free connection: got %v, want 451 4.4.1", g)
+	}
+	io.WriteString(c1, ".\r\n")
+	c1.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 256)
+	if n, _ := c1.Read(b); !strings.HasPrefix(string(b[:n]), "250") {
+		t.Errorf("first transaction: %q, want 250", b[:n])
+	}
+}
+
 func TestPoolMaxTransactionsPerConnection(t *testing.T) {
 	f := startFakeLMTP(t)
 	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxIdle: 1, MaxTransactions: 10}})
@@ -572,6 +600,8 @@ func TestStatusMapping(t *testing.T) {
 		{"client gone", fmt.Errorf("%w: %w", ErrClientGone, io.ErrUnexpectedEOF), 451, smtp.EnhancedCode{4, 3, 0}},
 		{"canceled", context.Canceled, 451, smtp.EnhancedCode{4, 3, 0}},
 		{"encrypt", fmt.Errorf("%w: boom", ErrEncrypt), 451, smtp.EnhancedCode{4, 3, 0}},
+		{"too many copies", fmt.Errorf("r: %w", ErrTooManyCopies), 452, smtp.EnhancedCode{4, 5, 3}},
+		{"pool exhausted", fmt.Errorf("no free connection: %w", deliver.ErrUnreachable), 451, smtp.EnhancedCode{4, 4, 1}},
 	} {
 		se := Status(tc.err)
 		if se == nil || se.Code != tc.code || se.EnhancedCode != tc.enh {

@@ -64,6 +64,7 @@ type session struct {
 	opts   smtp.MailOptions
 	store  *certs.Store
 	rcpts  []*rcpt
+	copies map[string]bool // copyKey of each planned copy
 	logout sync.Once
 }
 
@@ -111,6 +112,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	r, err := s.plan(to)
+	if err == nil {
+		err = s.countCopy(r)
+	}
 	if err != nil {
 		se := s.reply(err)
 		s.logOutcome(&rcpt{addr: to, rewritten: r.rewritten, action: actRefused}, se, 0, time.Time{}, err)
@@ -118,6 +122,37 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	s.rcpts = append(s.rcpts, r)
 	return nil
+}
+
+// countCopy enforces MaxCopies: every distinct certificate set is one more
+// outbound transaction held open while the body streams. Beyond the limit,
+// 452 4.5.3 makes the client send those recipients in a later transaction
+// (RFC 5321 §4.5.3.1.10), which Postfix does at once.
+func (s *session) countCopy(r *rcpt) error {
+	key := copyKey(r.action, r.certs)
+	if s.copies[key] {
+		return nil
+	}
+	if len(s.copies) >= s.b.cfg.MaxCopies {
+		return fmt.Errorf("recipient %q would be copy %d of at most %d: %w", r.addr, len(s.copies)+1, s.b.cfg.MaxCopies, ErrTooManyCopies)
+	}
+	if s.copies == nil {
+		s.copies = map[string]bool{}
+	}
+	s.copies[key] = true
+	return nil
+}
+
+// copyKey names the copy a recipient gets: same key, same bytes.
+func copyKey(act action, cs []*certs.Cert) string {
+	fps := make([]string, 0, len(cs))
+	if act == actEncrypt {
+		for _, c := range cs {
+			fps = append(fps, c.Fingerprint)
+		}
+		slices.Sort(fps)
+	}
+	return act.String() + "|" + strings.Join(fps, ",")
 }
 
 // plan decides what happens to one recipient. Policy decisions are made
@@ -207,6 +242,7 @@ func (s *session) Reset() {
 	s.opts = smtp.MailOptions{}
 	s.store = nil
 	s.rcpts = nil
+	s.copies = nil
 }
 
 func (s *session) Logout() error {
@@ -414,19 +450,17 @@ func (s *session) group(rcpts []*rcpt, encrypted bool) []*group {
 		if act == actReinject {
 			target = s.b.cfg.Reinject
 		}
-		var fps []string
-		if act == actEncrypt {
-			for _, c := range rc.certs {
-				fps = append(fps, c.Fingerprint)
-			}
-			slices.Sort(fps)
-		}
 		// One envelope per distinct certificate set: a shared envelope
 		// would list every recipient's certificate and so reveal Bcc.
-		key := act.String() + "|" + strings.Join(fps, ",")
+		key := copyKey(act, rc.certs)
 		g := byKey[key]
 		if g == nil {
-			g = &group{target: target, action: act, fps: fps}
+			g = &group{target: target, action: act}
+			if act == actEncrypt {
+				for _, c := range rc.certs {
+					g.fps = append(g.fps, c.Fingerprint)
+				}
+			}
 			if act == actEncrypt {
 				for _, c := range rc.certs {
 					g.certs = append(g.certs, c.Certificate)

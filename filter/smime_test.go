@@ -397,3 +397,26 @@ func TestStripDetail(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxCopiesPerTransaction(t *testing.T) {
+	a := smimetest.NewRecipient(t, "a@example.org")
+	b := smimetest.NewRecipient(t, "b@example.org")
+	c := smimetest.NewRecipient(t, "c@example.org")
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{cfg: Config{Certs: holder(t, certDir(t, a, b, c)), MaxCopies: 2}})
+	cl := lmtpClient(t, rf.path)
+	got := send(t, cl, "s@example.net", []string{"a@example.org", "b@example.org", "c@example.org", "plain@example.org"}, msg("cp", "x\r\n"))
+	if got["a@example.org"].code != 250 || got["b@example.org"].code != 250 {
+		t.Errorf("first two copies: %v", got)
+	}
+	for _, r := range []string{"c@example.org", "plain@example.org"} {
+		if g := got[r]; g.code != 452 || g.enh != (smtp.EnhancedCode{4, 5, 3}) {
+			t.Errorf("%s, a third copy: got %v, want 452 4.5.3 (send it later)", r, g)
+		}
+	}
+	// The client's next transaction carries them.
+	got = send(t, cl, "s@example.net", []string{"c@example.org", "plain@example.org"}, msg("cp2", "x\r\n"))
+	if got["c@example.org"].code != 250 || got["plain@example.org"].code != 250 {
+		t.Errorf("second transaction: %v", got)
+	}
+}

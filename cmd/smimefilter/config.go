@@ -54,6 +54,7 @@ type Config struct {
 		MaxRecipients  int   `toml:"max_recipients"`
 		MaxHeaderSize  int   `toml:"max_header_size"`
 		MaxLineLength  int   `toml:"max_line_length"`
+		MaxCopies      int   `toml:"max_copies"`
 	} `toml:"limits"`
 	Deliver struct {
 		LMTP            string   `toml:"lmtp"`
@@ -110,6 +111,7 @@ func defaultConfig() *Config {
 	c.Limits.MaxRecipients = 1000
 	c.Limits.MaxHeaderSize = 256 << 10
 	c.Limits.MaxLineLength = 4096
+	c.Limits.MaxCopies = 8
 	c.Deliver.MaxConnections = 16
 	c.Deliver.MaxIdle = 4
 	c.Deliver.IdleTimeout.Duration = 30 * time.Second
@@ -247,6 +249,10 @@ func (c *Config) validate(ce *configError) {
 		}
 	}
 	positive("deliver.max_connections", int64(d.MaxConnections))
+	if c.Limits.MaxCopies < 1 || c.Limits.MaxCopies > d.MaxConnections {
+		// Every copy holds one outbound connection while the body streams.
+		ce.add("limits.max_copies", "must be between 1 and deliver.max_connections (%d), got %d", d.MaxConnections, c.Limits.MaxCopies)
+	}
 	if d.MaxIdle < 0 || d.MaxIdle > d.MaxConnections {
 		ce.add("deliver.max_idle", "must be between 0 and max_connections (%d), got %d", d.MaxConnections, d.MaxIdle)
 	}

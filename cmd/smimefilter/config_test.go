@@ -69,10 +69,12 @@ colour = "blue"
 
 [limits]
 max_line_length = 80
+max_copies = 5
 
 [deliver]
 maildir = "/var/mail/%x"
 max_idle = 99
+max_connections = 4
 
 [[rewrite]]
 match = '('
@@ -97,6 +99,7 @@ level = "chatty"
 		p + ":limits.max_line_length:",
 		p + ":deliver.maildir:",
 		p + ":deliver.max_idle:",
+		p + ":limits.max_copies:",
 		p + ":rewrite: rule 1",
 		p + ":policy.missing_certificate:",
 		p + ":policy.key_transport:",
