@@ -347,3 +347,68 @@ func TestMaildirStoresLF(t *testing.T) {
 		}
 	}
 }
+
+func FuzzReadReply(f *testing.F) {
+	f.Add("250 2.0.0 ok\r\n")
+	f.Add("250-a\r\n250-b\r\n250 c\r\n")
+	f.Add("452 4.2.2 x\r\n")
+	f.Add("5")
+	f.Fuzz(func(t *testing.T, in string) {
+		c, _ := pipeClient(t, in)
+		r, err := c.readReply(50 * time.Millisecond)
+		if err != nil {
+			return
+		}
+		// Whatever the peer sends, an accepted reply is well-formed.
+		if r.code < 200 || r.code > 599 || r.enh[0] != r.code/100 || len(r.lines) == 0 {
+			t.Fatalf("%q gave %+v", in, r)
+		}
+	})
+}
+
+func TestPeerClosesDuringData(t *testing.T) {
+	// The peer takes DATA, then hangs up while the message streams: the
+	// transaction fails as a connection error (a 4xx for the filter),
+	// never as delivered.
+	path := filepath.Join(t.TempDir(), "peer.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		br := bufio.NewReader(c)
+		c.Write([]byte("220 peer\r\n"))
+		br.ReadString('\n') // LHLO
+		c.Write([]byte("250-peer\r\n250 PIPELINING\r\n"))
+		for range 3 { // MAIL, RCPT, DATA
+			br.ReadString('\n')
+		}
+		c.Write([]byte("250 ok\r\n250 ok\r\n354 go\r\n"))
+		br.ReadString('\n')
+		c.Close()
+	}()
+	p := NewPool(PoolOptions{Network: "unix", Addr: path, LMTP: true, CommandTimeout: time.Second})
+	defer p.Close()
+	tx, err := p.Begin(context.Background(), Envelope{From: "s@example.net", Rcpts: []string{"a@example.org"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n"), 1024)
+	for range 64 { // 4 MiB: more than the socket buffers hold
+		if _, err := tx.Write(chunk); err != nil {
+			break
+		}
+	}
+	res := tx.Commit()
+	if !errors.Is(res[0], ErrConnection) {
+		t.Errorf("got %v, want a connection error", res[0])
+	}
+	if st := p.Stats(); st.Open != 0 {
+		t.Errorf("broken connection kept: %+v", st)
+	}
+}

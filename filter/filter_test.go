@@ -644,3 +644,15 @@ func TestSMTPSourceDrivesFilter(t *testing.T) {
 }
 
 var _ sync.Locker = (*sync.Mutex)(nil)
+
+func TestLHLOCapabilities(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxMessageBytes: 12345}})
+	_, cmd := rawSession(t, rf.path)
+	got := cmd("LHLO postfix.test\r\n")
+	for _, want := range []string{"PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SIZE 12345", "SMTPUTF8"} {
+		if !strings.Contains(got, "250-"+want+"\r\n") && !strings.Contains(got, "250 "+want+"\r\n") {
+			t.Errorf("LHLO reply lacks %s:\n%s", want, got)
+		}
+	}
+}
