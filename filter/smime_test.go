@@ -420,3 +420,24 @@ func TestMaxCopiesPerTransaction(t *testing.T) {
 		t.Errorf("second transaction: %v", got)
 	}
 }
+
+func TestClaimedEncryptionIsVerified(t *testing.T) {
+	alice := smimetest.NewRecipient(t, "alice@example.org")
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{cfg: Config{Certs: holder(t, certDir(t, alice))}})
+	// Labelled as S/MIME enveloped data, but the body is plain text: storing
+	// it unchanged would leave plaintext at rest.
+	m := []byte("From: s@example.net\r\nTo: alice@example.org\r\nSubject: fake\r\n" +
+		"Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\r\n\r\nthe secret is 42\r\n")
+	if got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"alice@example.org"}, m); got["alice@example.org"].code != 250 {
+		t.Fatal(got)
+	}
+	stored := copyFor(t, f, "alice@example.org")
+	if bytes.Contains(stored, []byte("secret is 42")) {
+		t.Fatal("a message only claiming to be encrypted was stored in plaintext")
+	}
+	plain, err := smimetest.DecryptOpenSSL(t, envelopeOf(t, stored, alice), alice.CertPEM, alice.KeyPEM)
+	if err != nil || !bytes.HasSuffix(plain, []byte("\r\n\r\nthe secret is 42\r\n")) {
+		t.Errorf("decrypted %q, %v", plain, err)
+	}
+}

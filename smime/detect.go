@@ -37,12 +37,20 @@ func IsEncrypted(h *Header, body *bufio.Reader) bool {
 	case "application/pkcs7-mime", "application/x-pkcs7-mime":
 		if st, ok := params["smime-type"]; ok {
 			st = strings.ToLower(st)
-			return st == "enveloped-data" || st == "authenveloped-data"
+			if st != "enveloped-data" && st != "authenveloped-data" {
+				return false
+			}
 		}
+		// The label alone is not enough, with or without smime-type: a
+		// message that only claims to be encrypted would be stored in
+		// plaintext. The ContentInfo itself must say so.
 		oid := contentInfoOID(peek(body, peekLimit))
 		return bytes.Equal(oid, oidEnvelopedData) || bytes.Equal(oid, oidAuthEnvelopedData)
 	case "multipart/encrypted":
-		return strings.EqualFold(params["protocol"], "application/pgp-encrypted")
+		// RFC 3156 §4: the second part holds the armored message, right
+		// after a short version part; it must be there, not just claimed.
+		return strings.EqualFold(params["protocol"], "application/pgp-encrypted") &&
+			bytes.Contains(peek(body, peekLimit), []byte(pgpArmor))
 	case "", "text/plain":
 		// RFC 2045 §5.2: no Content-Type means text/plain.
 		prefix := peek(body, peekLimit)

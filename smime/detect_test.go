@@ -53,16 +53,23 @@ func TestIsEncrypted(t *testing.T) {
 		return base64.StdEncoding.EncodeToString(append(b, make([]byte, 40)...)) + "\r\n"
 	}
 	const armor = "-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n"
+	const pgpMIME = "--x\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--x\r\n" +
+		"Content-Type: application/octet-stream\r\n\r\n" + armor + "--x--\r\n"
 	tests := []struct {
 		name   string
 		header string
 		body   string
 		want   bool
 	}{
-		{"smime-type enveloped-data", "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m", "", true},
-		{"smime-type case and quotes", "Content-Type: Application/PKCS7-MIME; Smime-Type=\"Enveloped-Data\"", "", true},
-		{"x-pkcs7-mime", "Content-Type: application/x-pkcs7-mime; smime-type=enveloped-data", "", true},
-		{"authEnveloped-data", "Content-Type: application/pkcs7-mime; smime-type=authEnveloped-data", "", true},
+		{"smime-type enveloped-data", "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m", b64(enveloped), true},
+		{"smime-type case and quotes", "Content-Type: Application/PKCS7-MIME; Smime-Type=\"Enveloped-Data\"", b64(enveloped), true},
+		{"x-pkcs7-mime", "Content-Type: application/x-pkcs7-mime; smime-type=enveloped-data", b64(envelopedDER), true},
+		{"authEnveloped-data", "Content-Type: application/pkcs7-mime; smime-type=authEnveloped-data", b64(authEnveloped), true},
+		// Claims are checked against the content: plaintext labelled as
+		// encrypted must still be encrypted.
+		{"claims enveloped, plaintext body", "Content-Type: application/pkcs7-mime; smime-type=enveloped-data", "Dear Bob, the secret is 42.\r\n", false},
+		{"claims enveloped, empty body", "Content-Type: application/pkcs7-mime; smime-type=enveloped-data", "", false},
+		{"claims enveloped, signed-data body", "Content-Type: application/pkcs7-mime; smime-type=enveloped-data", b64(signed), false},
 		{"smime-type wins over the body", "Content-Type: application/pkcs7-mime; smime-type=signed-data", b64(enveloped), false},
 		{"certs-only", "Content-Type: application/pkcs7-mime; smime-type=certs-only", "", false},
 		{"compressed-data", "Content-Type: application/pkcs7-mime; smime-type=compressed-data", "", false},
@@ -78,9 +85,10 @@ func TestIsEncrypted(t *testing.T) {
 		{"no smime-type, empty body", "Content-Type: application/pkcs7-mime", "", false},
 		{"no smime-type, garbage", "Content-Type: application/pkcs7-mime", "!!! not base64 !!!", false},
 		{"no smime-type, truncated", "Content-Type: application/pkcs7-mime", "MIA=", false},
-		{"invalid Content-Type syntax still read", "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=\"unterminated", "", true},
-		{"pgp/mime", "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x", "", true},
-		{"pgp/mime protocol case", "Content-Type: multipart/encrypted; boundary=x; protocol=\"Application/PGP-Encrypted\"", "", true},
+		{"invalid Content-Type syntax still read", "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=\"unterminated", b64(enveloped), true},
+		{"pgp/mime", "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x", pgpMIME, true},
+		{"pgp/mime protocol case", "Content-Type: multipart/encrypted; boundary=x; protocol=\"Application/PGP-Encrypted\"", pgpMIME, true},
+		{"pgp/mime claimed, no armor", "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x", "--x\r\n\r\nVersion: 1\r\n--x\r\n\r\nplain secret\r\n--x--\r\n", false},
 		{"multipart/encrypted other protocol", "Content-Type: multipart/encrypted; protocol=\"application/other\"; boundary=x", "", false},
 		{"inline pgp", "Content-Type: text/plain", armor, true},
 		{"inline pgp, no Content-Type", "Subject: x", armor, true},
