@@ -264,8 +264,10 @@ func (s *session) Logout() error {
 	return nil
 }
 
-// Data is the SMTP form, used only if go-smtp runs without LMTP: one reply
-// for all, so it is the worst of the per-recipient outcomes.
+// Data is the SMTP form, used only if go-smtp runs without LMTP. One reply
+// must stand for every recipient, so any failure fails them all, and a
+// temporary one wins over a permanent one: the client retries, the
+// recipients already delivered get a duplicate, and none is lost.
 func (s *session) Data(r io.Reader) error {
 	var worst *smtp.SMTPError
 	s.deliver(r, func(_ *rcpt, se *smtp.SMTPError) {
