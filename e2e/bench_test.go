@@ -11,20 +11,16 @@ import (
 	"github.com/smimefilter/smimefilter/internal/mailstack"
 )
 
-// TestBenchmarkE2E measures Postfix -> smimefilter -> Dovecot against
-// Postfix -> Dovecot in the same run: smtp-source submits N messages into
-// Postfix, timed until all N are in the Maildir and the queue is empty. The
-// recipient has a certificate, so every message is encrypted. It runs only
-// when SMIMEFILTER_BENCH_N is set: see bench/e2e.sh.
-func TestBenchmarkE2E(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("SMIMEFILTER_BENCH_N"))
-	if n <= 0 {
-		t.Skip("a benchmark: run bench/e2e.sh (SMIMEFILTER_BENCH_N=messages)")
-	}
-	rounds, _ := strconv.Atoi(os.Getenv("SMIMEFILTER_BENCH_ROUNDS"))
-	if rounds <= 0 {
-		rounds = 3
-	}
+// BenchmarkE2E measures Postfix -> smimefilter -> Dovecot ("filter")
+// against Postfix -> Dovecot ("direct"): smtp-source submits b.N messages
+// into Postfix, timed until all of them are in the Maildir and the queue is
+// empty. The recipient has a certificate, so every message is encrypted.
+// Each sub-benchmark reports msgs/s; bench/e2e.sh prints the ratios.
+//
+//	go test -run '^$' -bench BenchmarkE2E -benchtime 2000x -count 3 ./e2e/
+//
+// SMIMEFILTER_BENCH_SESSIONS sets smtp-source's sessions (default 4).
+func BenchmarkE2E(b *testing.B) {
 	sessions := os.Getenv("SMIMEFILTER_BENCH_SESSIONS")
 	if sessions == "" {
 		sessions = "4"
@@ -36,44 +32,45 @@ func TestBenchmarkE2E(t *testing.T) {
 	alice := "alice@" + hostedDomain
 
 	// Postfix -> Dovecot, as before smimefilter.
-	dd := mailstack.StartDovecot(t, mailstack.DovecotOptions{Users: []string{alice}})
-	dp := mailstack.StartPostfix(t, mailstack.PostfixOptions{
+	dd := mailstack.StartDovecot(b, mailstack.DovecotOptions{Users: []string{alice}})
+	dp := mailstack.StartPostfix(b, mailstack.PostfixOptions{
 		HostedDomains:    []string{hostedDomain},
 		VirtualTransport: "lmtp:unix:" + dd.LMTPSocket(),
 	})
-	direct := func() int { return len(dd.Messages(alice)) }
 	// Postfix -> smimefilter -> Dovecot with contrib/postfix/transport.
-	st := newStack(t, setup{users: []string{alice}, certs: []string{alice}, logLevel: "warn"})
-	filtered := func() int { return len(st.dovecot.Messages(alice)) }
+	st := newStack(b, setup{users: []string{alice}, certs: []string{alice}, logLevel: "warn"})
 
-	rate := func(p *mailstack.Postfix, count func() int, size int) float64 {
-		t.Helper()
-		before := count()
-		t0 := time.Now()
-		out, err := exec.Command(source, "-s", sessions, "-m", strconv.Itoa(n), "-l", strconv.Itoa(size),
-			"-f", senderAddr, "-t", alice, p.SMTPAddr()).CombinedOutput()
-		if err != nil {
-			t.Fatalf("smtp-source: %v\n%s", err, out)
-		}
-		deadline := time.Now().Add(10 * time.Minute)
-		for count()-before < n || !p.QueueEmpty() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d delivered after 10 minutes", count()-before, n)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		return float64(n) / time.Since(t0).Seconds()
+	paths := []struct {
+		name    string
+		postfix *mailstack.Postfix
+		count   func() int
+	}{
+		{"direct", dp, func() int { return len(dd.Messages(alice)) }},
+		{"filter", st.postfix, func() int { return len(st.dovecot.Messages(alice)) }},
 	}
-
-	fmt.Printf("%-8s %-8s %-6s %12s %12s %7s\n", "size", "sessions", "round", "direct", "via-filter", "ratio")
 	for _, size := range []int{1024, 102400} {
-		for r := 1; r <= rounds; r++ {
-			d := rate(dp, direct, size)
-			f := rate(st.postfix, filtered, size)
-			fmt.Printf("%-8d %-8s %-6d %12.0f %12.0f %7.2f\n", size, sessions, r, d, f, f/d)
+		for _, p := range paths {
+			b.Run(fmt.Sprintf("size=%d/%s", size, p.name), func(b *testing.B) {
+				before := p.count()
+				b.ResetTimer()
+				out, err := exec.Command(source, "-s", sessions, "-m", strconv.Itoa(b.N), "-l", strconv.Itoa(size),
+					"-f", senderAddr, "-t", alice, p.postfix.SMTPAddr()).CombinedOutput()
+				if err != nil {
+					b.Fatalf("smtp-source: %v\n%s", err, out)
+				}
+				deadline := time.Now().Add(10 * time.Minute)
+				for p.count()-before < b.N || !p.postfix.QueueEmpty() {
+					if time.Now().After(deadline) {
+						b.Fatalf("%d of %d delivered after 10 minutes", p.count()-before, b.N)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+			})
 		}
 	}
 	if c := st.postfix.Count(); c.Bounced != 0 || c.Deferred != 0 {
-		t.Errorf("via smimefilter: %v, want no deferrals or bounces", c)
+		b.Errorf("via smimefilter: %v, want no deferrals or bounces", c)
 	}
 }

@@ -61,7 +61,7 @@ type setup struct {
 
 // stack is Postfix -> smimefilter -> Dovecot (or a Maildir).
 type stack struct {
-	t       *testing.T
+	t       testing.TB
 	setup   setup
 	dir     string
 	dovecot *mailstack.Dovecot
@@ -84,7 +84,7 @@ match = '^([^+@]+)\+[^@]*@(example\.org)$'
 replace = '$1@$2'
 `
 
-func readContrib(t *testing.T, path string) string {
+func readContrib(t testing.TB, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "contrib", path))
 	if err != nil {
@@ -93,7 +93,7 @@ func readContrib(t *testing.T, path string) string {
 	return string(b)
 }
 
-func newStack(t *testing.T, s setup) *stack {
+func newStack(t testing.TB, s setup) *stack {
 	t.Helper()
 	if buildErr != nil {
 		t.Fatal(buildErr)
@@ -257,7 +257,7 @@ func (st *stack) waitMessages(addr string, n int, timeout time.Duration) [][]byt
 // group postfix (so it may give its socket to that group), as the packaged
 // unit runs it as an unprivileged user.
 type daemon struct {
-	t       *testing.T
+	t       testing.TB
 	config  string
 	socket  string
 	logPath string
@@ -375,7 +375,7 @@ func readBytes(pid int) int64 {
 	return -1
 }
 
-func lookupUser(t *testing.T, name string) *user.User {
+func lookupUser(t testing.TB, name string) *user.User {
 	t.Helper()
 	u, err := user.Lookup(name)
 	if err != nil {
@@ -384,7 +384,7 @@ func lookupUser(t *testing.T, name string) *user.User {
 	return u
 }
 
-func lookupGroup(t *testing.T, name string) *user.Group {
+func lookupGroup(t testing.TB, name string) *user.Group {
 	t.Helper()
 	g, err := user.LookupGroup(name)
 	if err != nil {
@@ -393,7 +393,7 @@ func lookupGroup(t *testing.T, name string) *user.Group {
 	return g
 }
 
-func groupName(t *testing.T, gid string) string {
+func groupName(t testing.TB, gid string) string {
 	t.Helper()
 	g, err := user.LookupGroupId(gid)
 	if err != nil {
@@ -402,7 +402,7 @@ func groupName(t *testing.T, gid string) string {
 	return g.Name
 }
 
-func atoi(t *testing.T, s string) int {
+func atoi(t testing.TB, s string) int {
 	t.Helper()
 	n, err := strconv.Atoi(s)
 	if err != nil {
@@ -411,7 +411,7 @@ func atoi(t *testing.T, s string) int {
 	return n
 }
 
-func mkdir(t *testing.T, path string, mode os.FileMode) {
+func mkdir(t testing.TB, path string, mode os.FileMode) {
 	t.Helper()
 	if err := os.MkdirAll(path, mode); err != nil {
 		t.Fatal(err)
@@ -419,7 +419,7 @@ func mkdir(t *testing.T, path string, mode os.FileMode) {
 	os.Chmod(path, mode)
 }
 
-func chown(t *testing.T, path string, u *user.User) {
+func chown(t testing.TB, path string, u *user.User) {
 	t.Helper()
 	if err := os.Chown(path, atoi(t, u.Uid), atoi(t, u.Gid)); err != nil {
 		t.Fatal(err)
@@ -476,7 +476,7 @@ func writeBase64(b *bytes.Buffer, data []byte) {
 
 // decrypt extracts the S/MIME envelope of a delivered message and decrypts
 // it with OpenSSL for r.
-func decrypt(t *testing.T, r *smimetest.Recipient, msg []byte) []byte {
+func decrypt(t testing.TB, r *smimetest.Recipient, msg []byte) []byte {
 	t.Helper()
 	der, err := smimetest.ExtractDER(msg)
 	if err != nil {
