@@ -138,10 +138,7 @@ func TestPoolExhaustedIsTemporary(t *testing.T) {
 	// wait for ever.
 	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxConns: 1, MaxIdle: 1, DialTimeout: 300 * time.Millisecond}})
 	c1, cmd := rawSession(t, rf.path)
-	cmd("LHLO postfix.test\r\n")
-	cmd("MAIL FROM:<s@example.net>\r\n")
-	cmd("RCPT TO:<a@example.org>\r\n")
-	cmd("DATA\r\n")
+	startData(t, cmd)
 	// More than the 32 KiB read ahead (go-smtp's reader fills the whole
 	// buffer before returning), so that the copy has begun.
 	io.WriteString(c1, "Subject: first\r\n\r\n"+strings.Repeat("still streaming\r\n", 5000))
@@ -304,12 +301,7 @@ func TestOverlongLine(t *testing.T) {
 	f := startFakeLMTP(t)
 	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxLineLength: 1000}})
 	c, cmd := rawSession(t, rf.path)
-	cmd("LHLO postfix.test\r\n")
-	cmd("MAIL FROM:<s@example.net>\r\n")
-	cmd("RCPT TO:<a@example.org>\r\n")
-	if r := cmd("DATA\r\n"); !strings.HasPrefix(r, "354") {
-		t.Fatalf("DATA: %q", r)
-	}
+	startData(t, cmd)
 	// The daemon answers as soon as the line is too long and closes, so
 	// the rest of the write may fail: write in the background.
 	go io.WriteString(c, "Subject: long\r\n\r\n"+strings.Repeat("x", 5000)+"\r\n.\r\n")
@@ -378,16 +370,22 @@ func rawSession(t *testing.T, path string) (net.Conn, func(string) string) {
 	return c, cmd
 }
 
-func TestClientGoneMidData(t *testing.T) {
-	f := startFakeLMTP(t)
-	rf := startFilter(t, f.path, filterOpts{})
-	c, cmd := rawSession(t, rf.path)
+// startData opens a transaction for a@example.org up to the 354 reply.
+func startData(t *testing.T, cmd func(string) string) {
+	t.Helper()
 	cmd("LHLO postfix.test\r\n")
 	cmd("MAIL FROM:<s@example.net>\r\n")
 	cmd("RCPT TO:<a@example.org>\r\n")
 	if r := cmd("DATA\r\n"); !strings.HasPrefix(r, "354") {
 		t.Fatalf("DATA: %q", r)
 	}
+}
+
+func TestClientGoneMidData(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	c, cmd := rawSession(t, rf.path)
+	startData(t, cmd)
 	io.WriteString(c, "Subject: cut\r\n\r\nhalf a mess")
 	c.Close()
 	// The daemon must deliver nothing and keep serving.
@@ -434,10 +432,7 @@ func TestReadTimeout(t *testing.T) {
 	f := startFakeLMTP(t)
 	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{ReadTimeout: 200 * time.Millisecond}})
 	c, cmd := rawSession(t, rf.path)
-	cmd("LHLO postfix.test\r\n")
-	cmd("MAIL FROM:<s@example.net>\r\n")
-	cmd("RCPT TO:<a@example.org>\r\n")
-	cmd("DATA\r\n")
+	startData(t, cmd)
 	io.WriteString(c, "Subject: stalled\r\n\r\nand then nothing")
 	// A client that stalls mid-DATA is cut off; nothing is delivered.
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -482,10 +477,7 @@ func TestShutdownFinishesTransactionInFlight(t *testing.T) {
 	f := startFakeLMTP(t)
 	rf := startFilter(t, f.path, filterOpts{})
 	c, cmd := rawSession(t, rf.path)
-	cmd("LHLO postfix.test\r\n")
-	cmd("MAIL FROM:<s@example.net>\r\n")
-	cmd("RCPT TO:<a@example.org>\r\n")
-	cmd("DATA\r\n")
+	startData(t, cmd)
 	io.WriteString(c, "Subject: inflight\r\n\r\nfirst half\r\n")
 
 	// An idle cached connection, as Postfix keeps them.
@@ -527,10 +519,7 @@ func TestShutdownGraceExpires(t *testing.T) {
 	f := startFakeLMTP(t)
 	rf := startFilter(t, f.path, filterOpts{})
 	c, cmd := rawSession(t, rf.path)
-	cmd("LHLO postfix.test\r\n")
-	cmd("MAIL FROM:<s@example.net>\r\n")
-	cmd("RCPT TO:<a@example.org>\r\n")
-	cmd("DATA\r\n")
+	startData(t, cmd)
 	io.WriteString(c, "Subject: stuck\r\n\r\nnever finished\r\n")
 	rf.srv.Shutdown(200 * time.Millisecond)
 	// The client must not get a 250, and nothing may be delivered.
