@@ -8,12 +8,15 @@
 # Needs postfix (smtp-source, smtp-sink) and Go; run as root (smtp-sink drops
 # to the postfix user). Prints one line per case: direct msgs/s, via
 # smimefilter msgs/s, ratio. MODE=encrypt gives every recipient a
-# certificate, so the filter path also S/MIME-encrypts.
+# certificate, so the filter path also S/MIME-encrypts. SIZES and SESSIONS
+# narrow the cases (defaults "1024 102400" and "1 4").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-5000}
 ROUNDS=${2:-3}
 MODE=${MODE:-plaintext}
+SIZES=${SIZES:-1024 102400}
+SESSIONS=${SESSIONS:-1 4}
 PATH=$PATH:/usr/sbin
 work=$(mktemp -d /tmp/smimefilter-bench.XXXXXX)
 chmod 755 "$work"
@@ -62,8 +65,8 @@ rate() { # target sessions size -> msgs/s
 }
 
 printf '%-8s %-8s %-6s %12s %12s %7s\n' size sessions round direct via-filter ratio
-for size in 1024 102400; do
-  for sessions in 1 4; do
+for size in $SIZES; do
+  for sessions in $SESSIONS; do
     for r in $(seq "$ROUNDS"); do
       d=$(rate "$sink" "$sessions" "$size")
       f=$(rate "$work/filter.sock" "$sessions" "$size")

@@ -150,6 +150,9 @@ type filterOpts struct {
 	cfg    Config
 	server ServerOptions
 	pool   deliver.PoolOptions
+	// wrap, if set, wraps the filter's listening socket (to watch what
+	// crosses it).
+	wrap func(net.Listener) net.Listener
 }
 
 type runningFilter struct {
@@ -190,6 +193,9 @@ func startFilter(t testing.TB, lmtpPath string, o filterOpts) *runningFilter {
 	l, err := net.Listen("unix", rf.path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.wrap != nil {
+		l = o.wrap(l)
 	}
 	go func() {
 		defer close(rf.done)

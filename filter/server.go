@@ -59,6 +59,7 @@ func (s *Server) Serve(l net.Listener) error {
 	if s.opts.MaxConnections > 0 {
 		l = &limitListener{Listener: l, sem: make(chan struct{}, s.opts.MaxConnections), log: s.log}
 	}
+	l = &batchListener{Listener: l, writeTimeout: s.opts.WriteTimeout}
 	s.serving.Add(1)
 	defer s.serving.Done()
 	err := s.srv.Serve(l)

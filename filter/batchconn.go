@@ -1,0 +1,141 @@
+package filter
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// batchConn holds the replies go-smtp writes until the connection is about
+// to wait for the client, and sends them in one write(2). go-smtp's server
+// flushes every reply line on its own: each line of the LHLO answer, then
+// MAIL, RCPT, 354 and every per-recipient LMTP status. Postfix's smtpd
+// batches the same way (it flushes only before a read that would block),
+// which is what RFC 2920 asks of a pipelining server: replies to a group
+// of commands may leave together, and the client only waits for them once
+// it has sent the group.
+//
+// Flushing before every Read is what makes this safe: go-smtp only ever
+// waits on this connection by reading it, so no reply can be held back
+// while the client waits for it. Close flushes too (the 221 to QUIT, the
+// 421 on an idle timeout).
+//
+// Reads are batched as well: go-smtp reads through a 4 KiB bufio.Reader,
+// which would take 25 read(2) calls for a 100 KiB message. batchConn reads
+// up to 64 KiB at a time into a pooled buffer and hands it out from there;
+// the buffer goes back to the pool as soon as it is empty, so an idle
+// connection (Postfix caches them) holds none.
+type batchConn struct {
+	net.Conn
+	writeTimeout time.Duration
+
+	mu  sync.Mutex // Shutdown may Close while the connection's goroutine writes
+	buf []byte
+	err error // the first write error; every later Write and Read returns it
+
+	rbuf *[]byte // nil when nothing read ahead is left
+	rpos int     // next unread byte in *rbuf
+}
+
+const readAhead = 64 << 10
+
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, readAhead); return &b }}
+
+// maxBatch bounds what one connection holds back; replies are short, so
+// only a client pipelining hundreds of commands reaches it.
+const maxBatch = 4096
+
+func (c *batchConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	c.buf = append(c.buf, p...)
+	if len(c.buf) >= maxBatch {
+		if err := c.flushLocked(c.writeTimeout); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (c *batchConn) Read(p []byte) (int, error) {
+	if c.rbuf != nil {
+		return c.readBuffered(p), nil
+	}
+	if err := c.flush(c.writeTimeout); err != nil {
+		return 0, err
+	}
+	if len(p) >= readAhead/2 {
+		return c.Conn.Read(p)
+	}
+	b := readBuffers.Get().(*[]byte)
+	n, err := c.Conn.Read(*b)
+	if n == 0 {
+		readBuffers.Put(b)
+		return 0, err
+	}
+	c.rbuf, c.rpos = b, 0
+	*b = (*b)[:n]
+	// An error that came with data is returned by the next Read, which
+	// reads again and gets it again (a closed or timed-out socket stays so).
+	return c.readBuffered(p), nil
+}
+
+func (c *batchConn) readBuffered(p []byte) int {
+	b := *c.rbuf
+	n := copy(p, b[c.rpos:])
+	c.rpos += n
+	if c.rpos == len(b) {
+		*c.rbuf = b[:cap(b)]
+		readBuffers.Put(c.rbuf)
+		c.rbuf = nil
+	}
+	return n
+}
+
+// Close sends what is held back, waiting at most a second: a client that
+// does not read its last reply is not worth holding a shutdown for.
+func (c *batchConn) Close() error {
+	c.flush(time.Second)
+	return c.Conn.Close()
+}
+
+func (c *batchConn) flush(timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flushLocked(timeout)
+}
+
+func (c *batchConn) flushLocked(timeout time.Duration) error {
+	if c.err != nil || len(c.buf) == 0 {
+		return c.err
+	}
+	// go-smtp set a write deadline when it wrote the reply; an LMTP status
+	// may have waited since then for the other recipients' deliveries, so
+	// the deadline starts again now.
+	if timeout > 0 {
+		c.Conn.SetWriteDeadline(time.Now().Add(timeout))
+	}
+	_, err := c.Conn.Write(c.buf)
+	c.buf = c.buf[:0]
+	if err != nil {
+		c.err = err
+	}
+	return err
+}
+
+// batchListener wraps every accepted connection in a batchConn.
+type batchListener struct {
+	net.Listener
+	writeTimeout time.Duration
+}
+
+func (l *batchListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &batchConn{Conn: c, writeTimeout: l.writeTimeout}, nil
+}
