@@ -12,3 +12,5 @@ require (
 )
 
 require github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6 // indirect
+
+replace github.com/emersion/go-smtp => ./third_party/go-smtp
