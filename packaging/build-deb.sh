@@ -57,13 +57,18 @@ CGO_ENABLED=0 GOOS=linux GOARCH=$goarch \
 	-o "$root/usr/sbin/smimefilter" ./cmd/smimefilter
 
 # Every Go module linked into the binary must have a stanza in the copyright
-# file (Files: vendor/<module>/*): a new dependency needs a license review.
+# file (Files: vendor/<module>/*, or the directory of a copy carried in the
+# tree): a new dependency needs a license review.
 patterns=$(awk '/^Files:/ { f = 1; sub(/^Files:/, ""); print; next }
 	/^[ \t]/ && f { print; next } { f = 0 }' "$PKG/debian/copyright" | tr -s ' \t' '\n\n')
 missing=$(go version -m "$root/usr/sbin/smimefilter" |
 	awk '$1 == "dep" || $1 == "=>" { print $2 }' |
 	while read -r mod; do
-		echo "$patterns" | grep -qxF "vendor/$mod/*" || echo "$mod"
+		case $mod in
+		./*) file="${mod#./}/*" ;; # a copy carried in the tree (third_party/)
+		*) file="vendor/$mod/*" ;;
+		esac
+		echo "$patterns" | grep -qxF "$file" || echo "$mod"
 	done)
 [ -z "$missing" ] || die "modules without a stanza in $PKG/debian/copyright: $(echo $missing)"
 
