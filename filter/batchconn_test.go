@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -178,5 +179,44 @@ func TestReadAheadKeepsLargeBodyIntact(t *testing.T) {
 	ms := f.messages()
 	if len(ms) != 1 || !bytes.HasSuffix(ms[0].data, body.Bytes()) {
 		t.Fatalf("stored copy differs from the body sent (%d messages)", len(ms))
+	}
+}
+
+// CHUNKING (RFC 3030) is offered by go-smtp: BDAT chunks are counted, not
+// dot-terminated, so a lone "." line inside is content. Both recipients
+// get their own status after BDAT LAST, and the copy stored is the bytes
+// sent.
+func TestBDATChunks(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	_, cmd := rawSession(t, rf.path)
+	if got := cmd("LHLO postfix.test\r\n"); !strings.Contains(got, "CHUNKING") {
+		t.Fatalf("LHLO: %q", got)
+	}
+	cmd("MAIL FROM:<s@example.net>\r\n")
+	cmd("RCPT TO:<a@example.org>\r\n")
+	cmd("RCPT TO:<b@example.org>\r\n")
+	part1 := "Subject: chunks\r\n\r\nfirst line\r\n.\r\n..two dots\r\n"
+	part2 := "last line, no dot-stuffing here\r\n"
+	if got := cmd("BDAT " + strconv.Itoa(len(part1)) + "\r\n" + part1); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("first chunk: %q", got)
+	}
+	got := cmd("BDAT " + strconv.Itoa(len(part2)) + " LAST\r\n" + part2)
+	lines := strings.Split(strings.TrimSuffix(got, "\r\n"), "\r\n")
+	// rawSession's read stops at the first complete reply; the second
+	// status may come in the same read or the next.
+	if len(lines) < 2 {
+		got += cmd("NOOP\r\n")
+		lines = strings.Split(strings.TrimSuffix(got, "\r\n"), "\r\n")
+	}
+	if len(lines) < 2 || !strings.HasPrefix(lines[0], "250 ") || !strings.HasPrefix(lines[1], "250 ") {
+		t.Fatalf("after BDAT LAST: %q, want two 250 statuses", got)
+	}
+	ms := f.messages()
+	if len(ms) != 1 || len(ms[0].rcpts) != 2 {
+		t.Fatalf("backend stored %+v, want one copy for two recipients", ms)
+	}
+	if want := part1 + part2; !bytes.HasSuffix(ms[0].data, []byte(want)) {
+		t.Fatalf("stored %q, want it to end with %q", ms[0].data, want)
 	}
 }
