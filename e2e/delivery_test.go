@@ -193,3 +193,36 @@ func TestMissingCertificate(t *testing.T) {
 		})
 	}
 }
+
+// TestTransportMaps runs contrib/postfix/transport-maps: the domain in its
+// map file goes through smimefilter and is encrypted; another hosted domain
+// keeps virtual_transport, straight to Dovecot, and the filter never sees
+// it.
+func TestTransportMaps(t *testing.T) {
+	t.Parallel()
+	alice := "alice@" + hostedDomain
+	carol := "carol@" + rewrittenDomain // hosted, not in the map
+	st := newStack(t, setup{mode: modeTransportMaps, users: []string{alice, carol}, certs: []string{alice}})
+	raw, inner := testMessage(alice, "transport maps", 4<<10)
+	st.send([]string{alice, carol}, raw)
+	for _, r := range []string{alice, carol} {
+		if d := st.postfix.WaitStatus(r, "sent", defaultStatusTimeout); !strings.HasPrefix(d.DSN, "2.") {
+			t.Errorf("%s: dsn=%s", r, d.DSN)
+		}
+	}
+	aliceMsgs := st.dovecot.WaitMessages(alice, 1, defaultStatusTimeout)
+	if got := decrypt(t, st.certs[alice], aliceMsgs[0]); !bytes.Equal(got, inner) {
+		t.Errorf("%s: decrypted entity differs from the original", alice)
+	}
+	carolMsgs := st.dovecot.WaitMessages(carol, 1, defaultStatusTimeout)
+	if _, err := smimetest.ExtractDER(carolMsgs[0]); err == nil {
+		t.Errorf("%s: encrypted, but its domain is not in the transport map", carol)
+	}
+	if !bytes.Equal(bodyOf(carolMsgs[0]), bodyOf(inner)) {
+		t.Errorf("%s: body differs from the original", carol)
+	}
+	logs := st.filter.log()
+	if !strings.Contains(logs, "rcpt="+alice) || strings.Contains(logs, carol) {
+		t.Errorf("the filter's log should name %s and not %s:\n%s", alice, carol, logs)
+	}
+}

@@ -24,12 +24,16 @@ import (
 const (
 	modeTransport     = "transport"
 	modeContentFilter = "content-filter"
+	// transport-maps/: only the domains in its map file go through the
+	// filter; virtual_transport stays Dovecot for the rest.
+	modeTransportMaps = "transport-maps"
 )
 
 // The paths the contrib snippets are written for, replaced by the test's.
 const (
 	contribFilterSocket  = "/run/smimefilter/lmtp.sock"
 	contribReinjectAddr  = "127.0.0.1:10025"
+	contribTransportMap  = "/etc/postfix/transport"
 	contribDovecotUser   = "user = _smimefilter"
 	contribDovecotGroup  = "group = _smimefilter"
 	dovecotFilterListen  = "smimefilter-lmtp" // the listener 10-smimefilter.conf adds
@@ -134,14 +138,32 @@ func newStack(t testing.TB, s setup) *stack {
 	filterSock := filepath.Join(st.dir, "run", "lmtp.sock")
 	reinject := mailstack.FreePort(t)
 
+	masterMode := s.mode
+	transportMap := filepath.Join(st.dir, "transport")
+	if s.mode == modeTransportMaps {
+		// Its master.cf is transport/'s; its map file is installed and
+		// postmapped as contrib/postfix/README.md says.
+		masterMode = modeTransport
+		m := strings.ReplaceAll(readContrib(t, "postfix/transport-maps/transport"), contribFilterSocket, filterSock)
+		if err := os.WriteFile(transportMap, []byte(m), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(mailstack.Tool(t, "postmap"), "hash:"+transportMap).CombinedOutput(); err != nil {
+			t.Fatalf("postmap: %v\n%s", err, out)
+		}
+	}
 	opts := mailstack.PostfixOptions{
 		HostedDomains: []string{hostedDomain, rewrittenDomain},
 		MainCF:        readContrib(t, "postfix/"+s.mode+"/main.cf"),
-		MasterCF:      readContrib(t, "postfix/"+s.mode+"/master.cf"),
+		MasterCF:      readContrib(t, "postfix/"+masterMode+"/master.cf"),
 		Replace: map[string]string{
 			contribFilterSocket: filterSock,
 			contribReinjectAddr: reinject,
+			contribTransportMap: transportMap,
 		},
+	}
+	if s.mode == modeTransportMaps {
+		opts.VirtualTransport = "lmtp:unix:" + st.dovecot.LMTPSocket()
 	}
 	if s.mode == modeContentFilter {
 		// Re-injected mail for the other domain goes straight to Dovecot,

@@ -48,6 +48,13 @@ func requireBinaries(t testing.TB, names ...string) map[string]string {
 	return paths
 }
 
+// Tool returns the path of a Postfix or Dovecot program (postmap,
+// doveadm...), skipping the test (failing it under CI=true) without it.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	return requireBinaries(t, name)[name]
+}
+
 // skipOrFail skips the test, or fails it when CI=true: CI installs the
 // daemons, so a missing one there is a broken setup, not an absent option.
 func skipOrFail(t testing.TB, format string, args ...any) {
