@@ -9,7 +9,8 @@
 # to the postfix user). Prints one line per case: direct msgs/s, via
 # smimefilter msgs/s, ratio. MODE=encrypt gives every recipient a
 # certificate, so the filter path also S/MIME-encrypts. SIZES and SESSIONS
-# narrow the cases (defaults "1024 102400" and "1 4").
+# narrow the cases (defaults "1024 102400" and "1 4"); SOURCE_FLAGS are
+# added to every smtp-source (e.g. -d: keep connections, as Postfix does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-5000}
@@ -59,7 +60,7 @@ for _ in $(seq 100); do [ -S "$work/filter.sock" ] && break; sleep 0.05; done
 rate() { # target sessions size -> msgs/s
   local t0 t1
   t0=$(date +%s.%N)
-  smtp-source -L -s "$2" -m "$N" -l "$3" -f sender@example.net -t rcpt@example.org "unix:$1" >/dev/null
+  smtp-source -L ${SOURCE_FLAGS:-} -s "$2" -m "$N" -l "$3" -f sender@example.net -t rcpt@example.org "unix:$1" >/dev/null
   t1=$(date +%s.%N)
   echo "$N / ($t1 - $t0)" | bc -l
 }
