@@ -201,6 +201,7 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 		Deliver:            target,
 		Reinject:           reinject,
 		MaxHeaderBytes:     c.Limits.MaxHeaderSize,
+		MaxCopies:          c.Limits.MaxCopies,
 		Logger:             log,
 	}
 	if holder != nil {
