@@ -231,11 +231,11 @@ func (tx *maildirTx) Write(b []byte) (int, error) {
 }
 
 func (tx *maildirTx) Commit() []error {
-	out := make([]error, len(tx.files))
 	if tx.done {
 		return allErr(len(tx.files), ErrAborted)
 	}
 	tx.done = true
+	out := make([]error, len(tx.files))
 	for i, f := range tx.files {
 		if f == nil {
 			out[i] = tx.rejected[i]

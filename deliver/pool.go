@@ -400,16 +400,20 @@ func (p *Pool) start(pc *poolConn, env Envelope) (*poolTx, error) {
 		// DATA accepted without a recipient: a peer breaking RFC 2920.
 		return nil, fmt.Errorf("%w: DATA accepted with no recipient", errProtocol)
 	case tx.accepted > 0:
-		// Recipients taken, DATA refused: they all share that answer.
-		dataErr := r.err()
-		for i := range tx.rejected {
-			if tx.rejected[i] == nil {
-				tx.rejected[i] = dataErr
-			}
-		}
-		tx.accepted = 0
+		tx.dataRefused(r.err())
 	}
 	return tx, nil
+}
+
+// dataRefused records a refused DATA: the recipients taken at RCPT all
+// share that answer, and no message follows.
+func (tx *poolTx) dataRefused(err error) {
+	for i := range tx.rejected {
+		if tx.rejected[i] == nil {
+			tx.rejected[i] = err
+		}
+	}
+	tx.accepted = 0
 }
 
 // startLockstep is the same dialogue one command at a time, for peers
@@ -442,12 +446,7 @@ func (p *Pool) startLockstep(tx *poolTx, mail string) error {
 		return err
 	}
 	if r.code != 354 {
-		for i := range tx.rejected {
-			if tx.rejected[i] == nil {
-				tx.rejected[i] = r.err()
-			}
-		}
-		tx.accepted = 0
+		tx.dataRefused(r.err())
 		return nil
 	}
 	tx.data = &dotWriter{c: c, timeout: p.opts.CommandTimeout, bol: true}

@@ -285,6 +285,8 @@ func (s *session) Data(r io.Reader) error {
 func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	s.deliver(r, func(rc *rcpt, se *smtp.SMTPError) {
 		if se == nil {
+			// Not se itself: a nil *SMTPError in an error interface is
+			// not nil, and go-smtp would report it as a failure.
 			status.SetStatus(rc.addr, nil)
 		} else {
 			status.SetStatus(rc.addr, se)
@@ -461,10 +463,6 @@ func (s *session) group(rcpts []*rcpt, encrypted bool) []*group {
 			if act == actEncrypt {
 				for _, c := range rc.certs {
 					g.fps = append(g.fps, c.Fingerprint)
-				}
-			}
-			if act == actEncrypt {
-				for _, c := range rc.certs {
 					g.certs = append(g.certs, c.Certificate)
 				}
 			}

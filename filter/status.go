@@ -1,9 +1,7 @@
 package filter
 
 import (
-	"context"
 	"errors"
-	"io"
 	"syscall"
 
 	"github.com/emersion/go-smtp"
@@ -97,9 +95,8 @@ func Status(err error) *smtp.SMTPError {
 		return replyBadMailbox
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return replyMailboxFull
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
-		errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, ErrClientGone):
-		return replyTempFail
 	}
+	// Everything else, including a cancelled context, a client gone
+	// mid-DATA (ErrClientGone) and timeouts: the mail waits in the queue.
 	return replyTempFail
 }

@@ -42,6 +42,16 @@ func (w *base64Lines) Write(p []byte) (int, error) {
 	}
 	written := 0
 	for len(p) > 0 {
+		if len(w.in) == 0 && len(p) >= cap(w.in) {
+			// A whole batch at hand (the envelope writes 64 KiB
+			// segments): encode it in place instead of copying it first.
+			if err := w.encode(p[:cap(w.in)]); err != nil {
+				return written, err
+			}
+			p = p[cap(w.in):]
+			written += cap(w.in)
+			continue
+		}
 		n := copy(w.in[len(w.in):cap(w.in)], p)
 		w.in = w.in[:len(w.in)+n]
 		p = p[n:]
@@ -57,8 +67,14 @@ func (w *base64Lines) Write(p []byte) (int, error) {
 
 // flush writes the pending input: whole lines, then a last short line.
 func (w *base64Lines) flush() error {
+	err := w.encode(w.in)
+	w.in = w.in[:0]
+	return err
+}
+
+// encode writes in as base64 lines; in is at most one batch.
+func (w *base64Lines) encode(in []byte) error {
 	o := 0
-	in := w.in
 	for len(in) > 0 {
 		n := min(len(in), lineBytes)
 		enc := base64.StdEncoding.EncodedLen(n)
@@ -68,7 +84,6 @@ func (w *base64Lines) flush() error {
 		o += 2
 		in = in[n:]
 	}
-	w.in = w.in[:0]
 	if o == 0 {
 		return nil
 	}

@@ -402,10 +402,14 @@ func (w *envelopedWriter) Write(p []byte) (int, error) {
 		p = p[n:]
 		written += n
 		if len(w.buf) == seg {
-			if err := w.writeSegment(w.buf); err != nil {
+			err := w.writeSegment(w.buf)
+			// Plaintext must not linger in memory, pooled or not, nor
+			// after a failed write.
+			clear(w.buf)
+			w.buf = w.buf[:0]
+			if err != nil {
 				return written, err
 			}
-			w.buf = w.buf[:0]
 		}
 	}
 	return written, nil
@@ -454,13 +458,14 @@ func (w *envelopedWriter) Close() error {
 	for range n {
 		w.buf = append(w.buf, byte(n))
 	}
-	if err := w.writeSegment(w.buf); err != nil {
+	err := w.writeSegment(w.buf)
+	// Earlier segments were cleared as they were encrypted; w.out only
+	// ever holds ciphertext.
+	clear(w.buf)
+	w.buf = w.buf[:0]
+	if err != nil {
 		return err
 	}
-	// Plaintext must not linger in memory, pooled or not.
-	clear(w.buf[:cap(w.buf)])
-	clear(w.out)
-	w.buf = w.buf[:0]
 	if w.pooled != nil {
 		segmentBufs.Put(w.pooled)
 		w.pooled, w.buf, w.out = nil, nil, nil

@@ -288,18 +288,8 @@ func TestEncryptDeterministicRand(t *testing.T) {
 	for i := range stream {
 		stream[i] |= 1 // RSA padding, if it reads Rand, needs nonzero bytes
 	}
-	var out bytes.Buffer
-	w, err := smime.NewEnvelopedWriter(&out, []*x509.Certificate{r.Cert}, smime.Options{Rand: bytes.NewReader(stream)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	env, err := smimetest.ParseEnvelope(out.Bytes())
+	der := envelope(t, []byte("hello"), []*x509.Certificate{r.Cert}, smime.Options{Rand: bytes.NewReader(stream)}, 5)
+	env, err := smimetest.ParseEnvelope(der)
 	if err != nil {
 		t.Fatal(err)
 	}

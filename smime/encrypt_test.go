@@ -1,7 +1,6 @@
 package smime_test
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/x509"
 	"net/mail"
@@ -55,10 +54,7 @@ func TestEncryptCorpus(t *testing.T) {
 // at most 76 characters ending in CRLF.
 func checkOuter(t testing.TB, orig, out []byte) {
 	t.Helper()
-	h, err := smime.ReadHeader(bufio.NewReader(bytes.NewReader(orig)), maxHeader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := headerOf(t, orig)
 	var want bytes.Buffer
 	for _, f := range h.Fields {
 		lower := strings.ToLower(f.Name)
