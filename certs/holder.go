@@ -2,6 +2,7 @@ package certs
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"log/slog"
 	"sync"
@@ -28,6 +29,10 @@ type Holder struct {
 	pollSafety   time.Duration // directory rescan while inotify works
 	pollFallback time.Duration // directory rescan without inotify; retry of a lost watch
 	forcePoll    bool          // tests: behave as if inotify were unavailable
+
+	// sig summarizes the directory as it was before the first load; Watch
+	// starts from it, so a change made during that load is noticed.
+	sig [sha256.Size]byte
 }
 
 // NewHolder loads opts.Dir once. An unreadable directory is an error (a
@@ -45,6 +50,7 @@ func NewHolder(opts Options, log *slog.Logger) (*Holder, error) {
 		pollSafety:   time.Minute,
 		pollFallback: 5 * time.Second,
 	}
+	h.sig = dirSignature(opts.Dir)
 	s, err := Load(opts)
 	if err != nil {
 		return nil, err
@@ -86,7 +92,7 @@ func (h *Holder) logStore(s *Store) {
 		case errors.Is(sk.Err, ErrCA):
 			// An intermediate put there on purpose.
 			level = slog.LevelInfo
-		case errors.Is(sk.Err, ErrNotYetValid) && !errors.As(sk.Err, new(problems)):
+		case sk.kept:
 			// Kept for later: expected ahead of a planned rollover.
 			level = slog.LevelInfo
 		}

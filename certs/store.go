@@ -67,6 +67,9 @@ type Skipped struct {
 	Subject string
 	// Err says why. It wraps one or more of the package's sentinel errors.
 	Err error
+	// kept: the certificate is in the store all the same (not valid yet,
+	// used from its NotBefore on).
+	kept bool
 }
 
 func (s Skipped) String() string {
@@ -87,9 +90,6 @@ type Store struct {
 	// Buckets are sorted by NotAfter, then fingerprint.
 	exact  map[string][]*Cert
 	folded map[string][]*Cert
-	// sig summarizes the directory as it was when loading began; Watch
-	// compares it with the directory now to notice changes it missed.
-	sig [sha256.Size]byte
 }
 
 // candidate is a parsed certificate with where it came from.
@@ -110,7 +110,6 @@ func Load(opts Options) (*Store, error) {
 	// One instant for the whole load, so that every certificate is judged
 	// against the same clock.
 	t := now()
-	sig := dirSignature(opts.Dir)
 
 	// os.ReadDir sorts by name: the load order, and so the order of
 	// Skipped and of duplicates, is deterministic.
@@ -123,7 +122,6 @@ func Load(opts Options) (*Store, error) {
 		now:    now,
 		exact:  make(map[string][]*Cert),
 		folded: make(map[string][]*Cert),
-		sig:    sig,
 	}
 	var cands []candidate
 	seen := make(map[string]string) // fingerprint → file
@@ -177,7 +175,7 @@ func Load(opts Options) (*Store, error) {
 		r := check(c.cert, t, opts.Roots, inter)
 		if r.err != nil {
 			s.skipped = append(s.skipped, Skipped{File: c.file, Subject: c.cert.Subject.String(),
-				Err: fmt.Errorf("sha256 %s: %w", c.fp, r.err)})
+				Err: fmt.Errorf("sha256 %s: %w", c.fp, r.err), kept: r.keep})
 		}
 		if !r.keep {
 			continue

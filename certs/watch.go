@@ -67,7 +67,7 @@ func (h *Holder) Watch(ctx context.Context) error {
 
 	// The directory as last loaded (or as last tried): a rescan that sees
 	// something else reloads.
-	lastSig := h.Current().sig
+	lastSig := h.sig
 
 	var (
 		settle   *time.Timer

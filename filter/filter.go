@@ -44,11 +44,31 @@ const (
 )
 
 // Policy picks the MissingPolicy for an address: the address's own entry,
-// else its domain's, else Default.
+// else its domain's, else Default. Domains are compared case-insensitively
+// (NewBackend folds the keys), local parts exactly.
 type Policy struct {
 	Default   MissingPolicy
-	Domains   map[string]MissingPolicy // lowercased domain
-	Addresses map[string]MissingPolicy // address with lowercased domain
+	Domains   map[string]MissingPolicy
+	Addresses map[string]MissingPolicy
+}
+
+// folded returns p with its keys' domains in lower case, as For looks
+// them up.
+func (p Policy) folded() Policy {
+	out := Policy{Default: p.Default}
+	if len(p.Domains) > 0 {
+		out.Domains = make(map[string]MissingPolicy, len(p.Domains))
+		for k, v := range p.Domains {
+			out.Domains[strings.ToLower(k)] = v
+		}
+	}
+	if len(p.Addresses) > 0 {
+		out.Addresses = make(map[string]MissingPolicy, len(p.Addresses))
+		for k, v := range p.Addresses {
+			out.Addresses[lowerDomain(k)] = v
+		}
+	}
+	return out
 }
 
 // For returns the policy for addr.
@@ -147,6 +167,7 @@ func NewBackend(cfg Config) *Backend {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Policy = cfg.Policy.folded()
 	var b [3]byte
 	rand.Read(b[:])
 	return &Backend{cfg: cfg, log: cfg.Logger, boot: hex.EncodeToString(b[:]), idle: make(chan struct{})}

@@ -368,12 +368,12 @@ func (c *Config) policy() filter.Policy {
 		Domains:   map[string]filter.MissingPolicy{},
 		Addresses: map[string]filter.MissingPolicy{},
 	}
+	// filter.NewBackend folds the keys' domains to lower case.
 	for k, v := range c.Policy.Domains {
-		p.Domains[strings.ToLower(k)] = filter.MissingPolicy(v)
+		p.Domains[k] = filter.MissingPolicy(v)
 	}
 	for k, v := range c.Policy.Addresses {
-		at := strings.LastIndexByte(k, '@')
-		p.Addresses[k[:at+1]+strings.ToLower(k[at+1:])] = filter.MissingPolicy(v)
+		p.Addresses[k] = filter.MissingPolicy(v)
 	}
 	return p
 }

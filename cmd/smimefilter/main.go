@@ -124,7 +124,7 @@ func reportCerts(w io.Writer, st *certs.Store, now time.Time) {
 	all := st.Certs()
 	fmt.Fprintf(w, "\n# certificates loaded: %d\n", len(all))
 	for _, c := range all {
-		fmt.Fprintf(w, "#   %s  sha256:%s  expires %s  (%s)\n", strings.Join(c.Addresses, ","), c.Fingerprint, c.ValidUntil().UTC().Format(time.RFC3339), c.File)
+		fmt.Fprintf(w, "#   %s  (%s)\n", certLine(c), c.File)
 	}
 	skipped := st.Skipped()
 	fmt.Fprintf(w, "# files or certificates skipped: %d\n", len(skipped))
@@ -138,8 +138,13 @@ func reportCerts(w io.Writer, st *certs.Store, now time.Time) {
 	soon := st.ExpiringWithin(30 * 24 * time.Hour)
 	fmt.Fprintf(w, "# expiring within 30 days: %d\n", len(soon))
 	for _, c := range soon {
-		fmt.Fprintf(w, "#   %s  sha256:%s  expires %s (in %d days)\n", strings.Join(c.Addresses, ","), c.Fingerprint, c.ValidUntil().UTC().Format(time.RFC3339), int(c.ValidUntil().Sub(now).Hours()/24))
+		fmt.Fprintf(w, "#   %s (in %d days)\n", certLine(c), int(c.ValidUntil().Sub(now).Hours()/24))
 	}
+}
+
+// certLine names a certificate in check's report.
+func certLine(c *certs.Cert) string {
+	return strings.Join(c.Addresses, ",") + "  sha256:" + c.Fingerprint + "  expires " + c.ValidUntil().UTC().Format(time.RFC3339)
 }
 
 func (c *Config) certOptions() certs.Options {
@@ -240,11 +245,7 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if holder != nil {
-		go func() {
-			if err := holder.Watch(ctx); err != nil && ctx.Err() == nil {
-				log.Warn("watching the certificate directory stopped; SIGHUP still reloads", "error", err)
-			}
-		}()
+		go holder.Watch(ctx) // it retries on its own and returns only when ctx ends
 	}
 
 	serveErr := make(chan error, 1)
@@ -278,9 +279,7 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 			if sig == syscall.SIGHUP {
 				n.send("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
 				if holder != nil {
-					if err := holder.Reload(); err != nil {
-						log.Error("reloading certificates failed; keeping the previous set", "error", err)
-					}
+					_ = holder.Reload() // logged by Reload; the old set stays current
 				}
 				n.ready(status())
 				continue
