@@ -62,7 +62,7 @@ func TestDelivery(t *testing.T) {
 				// Handed back to Postfix (sent to the filter, then sent
 				// again by Postfix to the other host): never bounced.
 				st.postfix.WaitCount(defaultStatusTimeout, func(c mailstack.Counts) bool { return c.Sent >= 2 }, ext)
-				if c := st.postfix.Count(ext); c.Bounced != 0 || c.Deferred != 0 {
+				if c := st.postfix.Count(ext); c.Bounced != 0 || c.Deferred != 0 || c.Sent != 2 {
 					t.Errorf("%s: %v, want 2 sent only (to the filter, then re-injected and delivered)", ext, c)
 				}
 				msgs := st.dovecot.WaitMessages(ext, 1, defaultStatusTimeout)

@@ -119,6 +119,8 @@ func TestDecryptorsAgainstOpenSSL(t *testing.T) {
 	if err := os.WriteFile(in, plain, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// One NSS database and gpgsm home per key, for both envelopes.
+	bobs, eves := Decryptors(t, bob), Decryptors(t, eve)
 	for _, stream := range []bool{false, true} {
 		args := []string{"cms", "-encrypt", "-aes256", "-binary", "-outform", "DER", "-in", in}
 		if stream {
@@ -128,13 +130,13 @@ func TestDecryptorsAgainstOpenSSL(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, d := range Decryptors(t, bob) {
+		for _, d := range bobs {
 			got, err := d.Decrypt(der)
 			if err != nil || !bytes.Equal(got, plain) {
 				t.Errorf("stream %v, %s: %q, %v", stream, d.Name, got, err)
 			}
 		}
-		for _, d := range Decryptors(t, eve) {
+		for _, d := range eves {
 			if got, err := d.Decrypt(der); err == nil {
 				t.Errorf("stream %v, %s: Eve's key decrypted Bob's envelope: %q", stream, d.Name, got)
 			}
