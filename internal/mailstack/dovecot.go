@@ -296,22 +296,12 @@ func quotaRule(over bool) string {
 // LMTPSocket is the path of Dovecot's LMTP socket (mode 0666).
 func (d *Dovecot) LMTPSocket() string { return d.socket }
 
-// Dir is the instance's temporary directory.
-func (d *Dovecot) Dir() string { return d.dir }
-
-// ConfigFile is the dovecot.conf path, for doveadm -c.
-func (d *Dovecot) ConfigFile() string { return d.conf }
-
 // Log returns Dovecot's log and its stdout/stderr.
 func (d *Dovecot) Log() string {
 	a, _ := os.ReadFile(d.logPath)
 	b, _ := os.ReadFile(d.outPath)
 	return string(a) + string(b)
 }
-
-// UID and GID are the owner of the Maildirs Dovecot writes.
-func (d *Dovecot) UID() int { return d.uid }
-func (d *Dovecot) GID() int { return d.gid }
 
 // Maildir is the Maildir of user (an address). Dovecot creates it at the
 // first delivery.

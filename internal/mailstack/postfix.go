@@ -343,9 +343,8 @@ func (p *Postfix) waitSMTP() {
 // SMTPAddr is the smtpd's "127.0.0.1:PORT".
 func (p *Postfix) SMTPAddr() string { return p.addr }
 
-// Dir is the instance's temporary directory; ConfigDir its
-// config_directory (for postfix -c, postconf -c, postqueue -c).
-func (p *Postfix) Dir() string       { return p.dir }
+// ConfigDir is the instance's config_directory (for postfix -c, postconf
+// -c, postqueue -c).
 func (p *Postfix) ConfigDir() string { return p.confDir }
 
 // Send submits one message over SMTP. It returns the first error (for
@@ -406,26 +405,10 @@ func (p *Postfix) Postconf(args ...string) string {
 	return out
 }
 
-// Reload runs postfix reload.
-func (p *Postfix) Reload() {
-	p.t.Helper()
-	if out, err := run(p.outPath, p.bin["postfix"], "-c", p.confDir, "reload"); err != nil {
-		p.t.Fatalf("mailstack: %v\n%s\n%s", err, out, tail(p.logPath, 4096))
-	}
-}
-
 // Flush runs postqueue -f: deferred mail is retried now.
 func (p *Postfix) Flush() {
 	p.t.Helper()
 	if out, err := run(p.outPath, p.bin["postqueue"], "-c", p.confDir, "-f"); err != nil {
-		p.t.Fatalf("mailstack: %v\n%s", err, out)
-	}
-}
-
-// Postsuper runs postsuper -c DIR with args (e.g. "-r", "ALL").
-func (p *Postfix) Postsuper(args ...string) {
-	p.t.Helper()
-	if out, err := run(p.outPath, p.bin["postsuper"], append([]string{"-c", p.confDir}, args...)...); err != nil {
 		p.t.Fatalf("mailstack: %v\n%s", err, out)
 	}
 }
@@ -480,9 +463,6 @@ func (p *Postfix) Log() string {
 	b, _ := os.ReadFile(p.logPath)
 	return string(b)
 }
-
-// LogPath is the maillog file.
-func (p *Postfix) LogPath() string { return p.logPath }
 
 // Delivery is one delivery attempt logged by a Postfix delivery agent.
 type Delivery struct {

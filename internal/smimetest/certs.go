@@ -75,16 +75,6 @@ func DefaultCA(t testing.TB) *CA {
 	return ca
 }
 
-// NewCA makes a CA with its own name (and key, cached by that name).
-func NewCA(t testing.TB, name string) *CA {
-	t.Helper()
-	ca, err := newCA(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca
-}
-
 func newCA(name string) (*CA, error) {
 	k, err := cachedKey("ca:"+name, false, 2048)
 	if err != nil {
@@ -259,12 +249,6 @@ func (ca *CA) newRecipient(addr string, opts ...Option) (*Recipient, error) {
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: p8}),
 		CA:      ca,
 	}, nil
-}
-
-// CertFile writes the CA certificate as PEM into a temporary directory of t.
-func (ca *CA) CertFile(t testing.TB) string {
-	t.Helper()
-	return writeTemp(t, t.TempDir(), "ca.pem", ca.CertPEM)
 }
 
 // WriteFiles writes the certificate and key as PEM into dir and returns
