@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -217,16 +216,19 @@ func TestPostfixOptionsReplace(t *testing.T) {
 	}
 	p.WaitQueueEmpty(30 * time.Second)
 	d.WaitMessages("alice@example.org", 1, 5*time.Second)
-	if _, err := os.Stat(filepath.Join(p.ConfigDir(), "main.cf")); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // fatalT records the first Fatalf and stops the goroutine, as testing.T
-// does, so a test can check what a failing start reports.
+// does, so a test can check what a failing start reports. A skip (a
+// daemon missing on a laptop) is recorded apart and becomes the test's.
 type fatalT struct {
 	*testing.T
-	msg string
+	msg, skip string
+}
+
+func (f *fatalT) Skipf(format string, args ...any) {
+	f.skip = fmt.Sprintf(format, args...)
+	runtime.Goexit()
 }
 
 func (f *fatalT) Fatalf(format string, args ...any) {
@@ -248,6 +250,9 @@ func startFails(t *testing.T, start func(testing.TB)) string {
 		start(ft)
 	}()
 	<-done
+	if ft.skip != "" {
+		t.Skip(ft.skip)
+	}
 	if ft.msg == "" {
 		t.Fatal("start succeeded, want a failure")
 	}
