@@ -11,11 +11,13 @@
 # Needs root, postfix, dovecot-core, dovecot-lmtpd, openssl and Go. The
 # daemons run from temp dirs (internal/mailstack); nothing system-wide is
 # touched. The machines are noisy: compare the ratio, not the rates.
+# FILTER_ENV is put in the daemon's environment only (e.g. GOMAXPROCS=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
 ROUNDS=${2:-3}
 export SMIMEFILTER_BENCH_SESSIONS=${3:-4}
+export SMIMEFILTER_DAEMON_ENV=${FILTER_ENV:-}
 export PATH=$PATH:/usr/sbin
 out=$(go test -run '^$' -bench '^BenchmarkE2E$' -benchtime "${N}x" -count "$ROUNDS" -timeout 60m ./e2e)
 # Lines look like: BenchmarkE2E/size=1024/direct-2  1000  2.9e+06 ns/op  345.1 msgs/s

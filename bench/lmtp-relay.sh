@@ -11,6 +11,10 @@
 # certificate, so the filter path also S/MIME-encrypts. SIZES and SESSIONS
 # narrow the cases (defaults "1024 102400" and "1 4"); SOURCE_FLAGS are
 # added to every smtp-source (e.g. -d: keep connections, as Postfix does).
+# FILTER_ENV is put in the daemon's environment (e.g. GOMAXPROCS=1);
+# FILTER_BIN runs a binary built elsewhere (another commit) instead of this
+# tree. The last columns are each process's CPU time (user + system) per
+# message: smtp-sink and the daemon from /proc, smtp-source from bash's time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-5000}
@@ -23,10 +27,15 @@ work=$(mktemp -d /tmp/smimefilter-bench.XXXXXX)
 chmod 755 "$work"
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
-go build -o "$work/smimefilter" ./cmd/smimefilter
+if [ -n "${FILTER_BIN:-}" ]; then
+  cp "$FILTER_BIN" "$work/smimefilter"
+else
+  go build -o "$work/smimefilter" ./cmd/smimefilter
+fi
 
 sink=$work/sink.sock
 smtp-sink -L -u postfix -c "unix:$sink" 256 >"$work/sink.log" 2>&1 &
+spid=$!
 for _ in $(seq 100); do [ -S "$sink" ] && break; sleep 0.05; done
 chmod 666 "$sink"
 
@@ -54,24 +63,41 @@ $certs
 [log]
 level = "warn"
 EOT
-"$work/smimefilter" -config "$work/smimefilter.toml" 2>"$work/filter.log" &
+env ${FILTER_ENV:-} "$work/smimefilter" -config "$work/smimefilter.toml" 2>"$work/filter.log" &
+fpid=$!
 for _ in $(seq 100); do [ -S "$work/filter.sock" ] && break; sleep 0.05; done
 
-rate() { # target sessions size -> msgs/s
-  local t0 t1
+ticks() { # a process's user + system time so far, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+hz=$(getconf CLK_TCK)
+per_msg() { echo "$1" | awk -v n="$N" -v hz="$hz" '{printf "%.0f", $1 * 1000000 / hz / n}'; }
+
+# run target sessions size: sets rate (msgs/s) and the CPU time per message
+# in µs of smtp-source (src), smtp-sink (snk) and the daemon (dmn).
+run() {
+  local t0 t1 s0 f0 tf
+  s0=$(ticks "$spid"); f0=$(ticks "$fpid")
   t0=$(date +%s.%N)
-  smtp-source -L ${SOURCE_FLAGS:-} -s "$2" -m "$N" -l "$3" -f sender@example.net -t rcpt@example.org "unix:$1" >/dev/null
+  tf=$( { TIMEFORMAT='%3U %3S'; time smtp-source -L ${SOURCE_FLAGS:-} -s "$2" -m "$N" -l "$3" \
+    -f sender@example.net -t rcpt@example.org "unix:$1" >/dev/null 2>&1; } 2>&1 )
   t1=$(date +%s.%N)
-  echo "$N / ($t1 - $t0)" | bc -l
+  rate=$(echo "$N / ($t1 - $t0)" | bc -l)
+  src=$(echo "$tf" | awk -v n="$N" '{printf "%.0f", ($1 + $2) * 1000000 / n}')
+  snk=$(per_msg "$(($(ticks "$spid") - s0))")
+  dmn=$(per_msg "$(($(ticks "$fpid") - f0))")
 }
 
-printf '%-8s %-8s %-6s %12s %12s %7s\n' size sessions round direct via-filter ratio
+echo "# CPU columns: µs per message (user + system) of smtp-source, smtp-sink and smimefilter"
+printf '%-8s %-8s %-6s %10s %10s %6s | %-12s | %-16s\n' size sessions round direct via-filter ratio 'direct: src snk' 'via: src snk dmn'
 for size in $SIZES; do
   for sessions in $SESSIONS; do
     for r in $(seq "$ROUNDS"); do
-      d=$(rate "$sink" "$sessions" "$size")
-      f=$(rate "$work/filter.sock" "$sessions" "$size")
-      printf '%-8s %-8s %-6s %12.0f %12.0f %7.2f\n' "$size" "$sessions" "$r" "$d" "$f" "$(echo "$f / $d" | bc -l)"
+      run "$sink" "$sessions" "$size"
+      d=$rate dsrc=$src dsnk=$snk
+      run "$work/filter.sock" "$sessions" "$size"
+      printf '%-8s %-8s %-6s %10.0f %10.0f %6.2f | %5s %6s | %5s %5s %5s\n' "$size" "$sessions" "$r" "$d" "$rate" \
+        "$(echo "$rate / $d" | bc -l)" "$dsrc" "$dsnk" "$src" "$snk" "$dmn"
     done
   done
 done

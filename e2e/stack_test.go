@@ -307,6 +307,9 @@ func (d *daemon) start() {
 	fmt.Fprintf(f, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(daemonBin, "-config", d.config)
 	cmd.Stdout, cmd.Stderr = f, f
+	// bench/e2e.sh's FILTER_ENV (e.g. GOMAXPROCS=1) reaches the daemon
+	// alone, not the test process driving it.
+	cmd.Env = append(os.Environ(), strings.Fields(os.Getenv("SMIMEFILTER_DAEMON_ENV"))...)
 	postfixGID := atoi(d.t, lookupGroup(d.t, "postfix").Gid)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
 		Uid: uint32(atoi(d.t, d.user.Uid)), Gid: uint32(atoi(d.t, d.user.Gid)),
