@@ -7,6 +7,8 @@ import (
 	"unsafe"
 )
 
+const raceEnabled = false
+
 // read and write are read(2) and write(2) on a non-blocking socket,
 // issued without the scheduler's bookkeeping (see the package comment).
 // p is never empty.

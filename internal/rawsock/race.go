@@ -4,6 +4,8 @@ package rawsock
 
 import "syscall"
 
+const raceEnabled = true
+
 // Under the race detector the calls go through syscall.Read and
 // syscall.Write after all: those record that a write happens before the
 // read that returns its bytes, which the tests' in-process servers rely on

@@ -21,6 +21,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 )
 
@@ -29,6 +30,23 @@ import (
 type Conn struct {
 	net.Conn
 	rc syscall.RawConn
+
+	// The callbacks handed to RawConn are bound once, in Wrap: a closure
+	// per call would put it and every variable it captures on the heap,
+	// three allocations per Read or Write. Their arguments and results
+	// travel in these fields instead, each direction under its own lock
+	// (net.Conn allows concurrent calls; a Read and a Write may overlap).
+	rmu    sync.Mutex
+	rbuf   []byte
+	rn     int
+	rerrno syscall.Errno
+	readFn func(uintptr) bool
+
+	wmu     sync.Mutex
+	wbuf    []byte
+	wdone   int
+	werrno  syscall.Errno
+	writeFn func(uintptr) bool
 }
 
 // Wrap returns c as a *Conn when it is a socket the runtime polls, and c
@@ -43,64 +61,77 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &Conn{Conn: c, rc: rc}
+	w := &Conn{Conn: c, rc: rc}
+	w.readFn, w.writeFn = w.readFD, w.writeFD
+	return w
 }
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			r, e := read(fd, p)
-			if e == syscall.EINTR {
-				continue
-			}
-			n, errno = r, e
-			// Returning false waits for the socket to become readable.
-			return e != syscall.EAGAIN
-		}
-	})
-	if err == nil && errno != 0 {
-		err = errno
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.rbuf, c.rn, c.rerrno = p, 0, 0
+	err := c.rc.Read(c.readFn)
+	c.rbuf = nil // not kept past the call
+	if err == nil && c.rerrno != 0 {
+		err = c.rerrno
 	}
 	if err != nil {
 		return 0, c.opError("read", err)
 	}
-	if n == 0 {
+	if c.rn == 0 {
 		return 0, io.EOF
 	}
-	return n, nil
+	return c.rn, nil
+}
+
+// readFD makes one read(2); returning false asks RawConn to wait until the
+// socket is readable and call again.
+func (c *Conn) readFD(fd uintptr) bool {
+	for {
+		n, e := read(fd, c.rbuf)
+		if e == syscall.EINTR {
+			continue
+		}
+		c.rn, c.rerrno = n, e
+		return e != syscall.EAGAIN
+	}
 }
 
 func (c *Conn) Write(p []byte) (int, error) {
-	var done int
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for done < len(p) {
-			r, e := write(fd, p[done:])
-			switch e {
-			case 0:
-				done += r
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false // wait until the socket takes more
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
-	if err == nil && errno != 0 {
-		err = errno
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wbuf, c.wdone, c.werrno = p, 0, 0
+	err := c.rc.Write(c.writeFn)
+	c.wbuf = nil
+	if err == nil && c.werrno != 0 {
+		err = c.werrno
 	}
 	if err != nil {
-		return done, c.opError("write", err)
+		return c.wdone, c.opError("write", err)
 	}
-	return done, nil
+	return c.wdone, nil
+}
+
+// writeFD writes until all of wbuf is out; returning false asks RawConn to
+// wait until the socket takes more and call again.
+func (c *Conn) writeFD(fd uintptr) bool {
+	for c.wdone < len(c.wbuf) {
+		n, e := write(fd, c.wbuf[c.wdone:])
+		switch e {
+		case 0:
+			c.wdone += n
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.werrno = e
+			return true
+		}
+	}
+	return true
 }
 
 // opError reports err as the net package does, so that callers' checks

@@ -181,3 +181,69 @@ func TestWrapLeavesOthers(t *testing.T) {
 		t.Fatal("Wrap changed a net.Pipe")
 	}
 }
+
+// Read and Write allocate nothing: they run for every reply and every
+// chunk of every message.
+func TestNoAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's syscall annotations allocate")
+	}
+	c, peer := pair(t, "unix")
+	msg := []byte("250 2.0.0 OK\r\n")
+	buf := make([]byte, 64)
+	allocs := testing.AllocsPerRun(1000, func() {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(peer, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+		peer.Write(msg)
+		if _, err := io.ReadFull(c, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// The peer is an ordinary net.Conn; it allocates nothing either, so
+	// anything counted here is ours.
+	if allocs != 0 {
+		t.Fatalf("%v allocations per Write and Read; want 0", allocs)
+	}
+}
+
+// net.Conn allows concurrent calls: reads racing each other and a write
+// get every byte exactly once.
+func TestConcurrentCalls(t *testing.T) {
+	c, peer := pair(t, "unix")
+	const total = 1 << 20
+	go func() {
+		chunk := make([]byte, 1000)
+		for sent := 0; sent < total; sent += len(chunk) {
+			peer.Write(chunk[:min(len(chunk), total-sent)])
+		}
+	}()
+	go io.Copy(io.Discard, peer)
+	got := make(chan int, 2)
+	for range 2 {
+		go func() {
+			n := 0
+			b := make([]byte, 300)
+			for {
+				c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				k, err := c.Read(b)
+				n += k
+				if err != nil {
+					got <- n
+					return
+				}
+			}
+		}()
+	}
+	for range 100 {
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := <-got + <-got; n != total {
+		t.Fatalf("two concurrent readers got %d bytes together; want %d", n, total)
+	}
+}
