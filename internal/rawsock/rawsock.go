@@ -18,6 +18,7 @@
 package rawsock
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -29,7 +30,8 @@ import (
 // system-call bookkeeping. Everything else is the wrapped connection's.
 type Conn struct {
 	net.Conn
-	rc syscall.RawConn
+	rc      syscall.RawConn
+	network string
 
 	// The callbacks handed to RawConn are bound once, in Wrap: a closure
 	// per call would put it and every variable it captures on the heap,
@@ -39,21 +41,28 @@ type Conn struct {
 	rmu    sync.Mutex
 	rbuf   []byte
 	rn     int
-	rerrno syscall.Errno
+	rerr   error
 	readFn func(uintptr) bool
 
 	wmu     sync.Mutex
 	wbuf    []byte
 	wdone   int
-	werrno  syscall.Errno
+	werr    error
 	writeFn func(uintptr) bool
 }
 
-// Wrap returns c as a *Conn when it is a socket the runtime polls, and c
-// unchanged otherwise (a net.Pipe in tests, a TLS connection).
+// Wrap returns c as a *Conn when it is a non-blocking socket the runtime
+// polls, and c unchanged otherwise (a net.Pipe in tests, a TLS connection,
+// a socket someone switched to blocking mode through File or Fd: a raw
+// read(2) on that would sleep holding the scheduler's processor, and the
+// next garbage collection would wait for it with every goroutine).
 func Wrap(c net.Conn) net.Conn {
+	var network string
 	switch c.(type) {
-	case *net.UnixConn, *net.TCPConn:
+	case *net.UnixConn:
+		network = "unix"
+	case *net.TCPConn:
+		network = "tcp"
 	default:
 		return c
 	}
@@ -61,27 +70,35 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	w := &Conn{Conn: c, rc: rc}
+	nonblocking := false
+	if err := rc.Control(func(fd uintptr) {
+		flags, err := fcntl(fd, syscall.F_GETFL, 0)
+		nonblocking = err == nil && flags&syscall.O_NONBLOCK != 0
+	}); err != nil || !nonblocking {
+		return c
+	}
+	w := &Conn{Conn: c, rc: rc, network: network}
 	w.readFn, w.writeFn = w.readFD, w.writeFD
 	return w
 }
 
 func (c *Conn) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	c.rbuf, c.rn, c.rerrno = p, 0, 0
+	c.rbuf, c.rn, c.rerr = p, 0, nil
 	err := c.rc.Read(c.readFn)
 	c.rbuf = nil // not kept past the call
-	if err == nil && c.rerrno != 0 {
-		err = c.rerrno
+	if err == nil {
+		err = c.rerr
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		return 0, c.opError("read", err)
-	}
-	if c.rn == 0 {
+	case len(p) == 0:
+		// As net.Conn: nothing asked, nothing read, but only on an open
+		// connection (RawConn.Read fails on a closed one).
+		return 0, nil
+	case c.rn == 0:
 		return 0, io.EOF
 	}
 	return c.rn, nil
@@ -90,24 +107,33 @@ func (c *Conn) Read(p []byte) (int, error) {
 // readFD makes one read(2); returning false asks RawConn to wait until the
 // socket is readable and call again.
 func (c *Conn) readFD(fd uintptr) bool {
+	if len(c.rbuf) == 0 {
+		return true // read(2) of nothing would return 0, which means EOF
+	}
 	for {
 		n, e := read(fd, c.rbuf)
-		if e == syscall.EINTR {
-			continue
+		switch e {
+		case 0:
+			c.rn = n
+			return true
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.rerr = e
+			return true
 		}
-		c.rn, c.rerrno = n, e
-		return e != syscall.EAGAIN
 	}
 }
 
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.wbuf, c.wdone, c.werrno = p, 0, 0
+	c.wbuf, c.wdone, c.werr = p, 0, nil
 	err := c.rc.Write(c.writeFn)
 	c.wbuf = nil
-	if err == nil && c.werrno != 0 {
-		err = c.werrno
+	if err == nil {
+		err = c.werr
 	}
 	if err != nil {
 		return c.wdone, c.opError("write", err)
@@ -119,16 +145,23 @@ func (c *Conn) Write(p []byte) (int, error) {
 // wait until the socket takes more and call again.
 func (c *Conn) writeFD(fd uintptr) bool {
 	for c.wdone < len(c.wbuf) {
-		n, e := write(fd, c.wbuf[c.wdone:])
-		switch e {
-		case 0:
-			c.wdone += n
-		case syscall.EINTR:
-		case syscall.EAGAIN:
+		rest := c.wbuf[c.wdone:]
+		n, e := write(fd, rest)
+		switch {
+		case e == syscall.EINTR:
+		case e == syscall.EAGAIN:
 			return false
-		default:
-			c.werrno = e
+		case e != 0:
+			c.werr = e
 			return true
+		case n <= 0 || n > len(rest):
+			// A kernel that took nothing without saying why would make
+			// this loop spin; one that claims more than it was given
+			// would break io.Writer's contract. Neither is retried.
+			c.werr = fmt.Errorf("write(2) returned %d for %d bytes: %w", n, len(rest), io.ErrUnexpectedEOF)
+			return true
+		default:
+			c.wdone += n
 		}
 	}
 	return true
@@ -146,7 +179,7 @@ func (c *Conn) opError(op string, err error) error {
 	if errno, ok := err.(syscall.Errno); ok {
 		err = os.NewSyscallError(op, errno)
 	}
-	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	return &net.OpError{Op: op, Net: c.network, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
 // Listener wraps every connection l accepts.
@@ -160,4 +193,13 @@ func (l listener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	return Wrap(c), nil
+}
+
+// fcntl is fcntl(2) for F_GETFL, which never blocks.
+func fcntl(fd uintptr, cmd, arg int) (int, error) {
+	r, _, e := syscall.RawSyscall(syscall.SYS_FCNTL, fd, uintptr(cmd), uintptr(arg))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
 }

@@ -94,19 +94,34 @@ func TestLargeTransferBothWays(t *testing.T) {
 }
 
 func TestEOFAndEmptyRead(t *testing.T) {
-	c, peer := pair(t, "unix")
-	if n, err := c.Read(nil); n != 0 || err != nil {
-		t.Fatalf("Read(nil) = %d, %v; want 0, nil", n, err)
-	}
-	peer.Write([]byte("last"))
-	peer.Close()
-	b := make([]byte, 16)
-	if n, err := c.Read(b); n != 4 || err != nil {
-		t.Fatalf("Read = %d, %v; want 4, nil", n, err)
-	}
-	// go-smtp compares with ==, so io.EOF must come back bare.
-	if n, err := c.Read(b); n != 0 || err != io.EOF {
-		t.Fatalf("Read after the peer closed = %d, %v; want 0, io.EOF", n, err)
+	for _, network := range []string{"unix", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			c, peer := pair(t, network)
+			if n, err := c.Read(nil); n != 0 || err != nil {
+				t.Fatalf("Read(nil) = %d, %v; want 0, nil", n, err)
+			}
+			if n, err := c.Write(nil); n != 0 || err != nil {
+				t.Fatalf("Write(nil) = %d, %v; want 0, nil", n, err)
+			}
+			peer.Write([]byte("last"))
+			peer.Close()
+			b := make([]byte, 16)
+			if n, err := io.ReadAtLeast(c, b, 4); n != 4 || err != nil {
+				t.Fatalf("Read = %d, %v; want 4, nil", n, err)
+			}
+			// go-smtp compares with ==, so io.EOF must come back bare.
+			if n, err := c.Read(b); n != 0 || err != io.EOF {
+				t.Fatalf("Read after the peer closed = %d, %v; want 0, io.EOF", n, err)
+			}
+			// Empty calls still see a closed connection, as net.Conn's do.
+			c.Close()
+			if _, err := c.Read(nil); !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("Read(nil) after Close: %v; want net.ErrClosed", err)
+			}
+			if _, err := c.Write(nil); !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("Write(nil) after Close: %v; want net.ErrClosed", err)
+			}
+		})
 	}
 }
 
@@ -172,13 +187,62 @@ func TestClosed(t *testing.T) {
 	_ = peer
 }
 
-// Anything that is not a kernel socket the runtime polls is left alone.
+// Anything that is not a non-blocking kernel socket the runtime polls is
+// left alone.
 func TestWrapLeavesOthers(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
 	if Wrap(a) != a {
 		t.Fatal("Wrap changed a net.Pipe")
+	}
+
+	// A socket put in blocking mode (what File and Fd do): a raw read
+	// would sleep holding the scheduler's processor.
+	w, _ := pair(t, "unix")
+	c := w.Conn
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) {
+		if err := syscall.SetNonblock(int(fd), false); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if Wrap(c) != c {
+		t.Fatal("Wrap took a blocking socket")
+	}
+}
+
+// Listener wraps what it accepts, and the result carries a conversation.
+func TestListener(t *testing.T) {
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := Listener(l)
+	defer rl.Close()
+	go func() {
+		c, err := net.Dial("unix", l.Addr().String())
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write([]byte("LHLO x\r\n"))
+		io.Copy(io.Discard, c)
+	}()
+	c, err := rl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, ok := c.(*Conn); !ok {
+		t.Fatalf("Accept returned %T; want *rawsock.Conn", c)
+	}
+	b := make([]byte, 8)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "LHLO x\r\n" {
+		t.Fatalf("read %q, %v", b, err)
 	}
 }
 
