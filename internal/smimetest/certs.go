@@ -266,19 +266,12 @@ func (r *Recipient) PKCS12(t testing.TB) []byte {
 	t.Helper()
 	Require(t, "openssl")
 	r.p12Once.Do(func() {
-		dir, err := os.MkdirTemp("", "smimetest-p12")
+		dir, remove, err := tempFiles(map[string][]byte{"cert.pem": r.CertPEM, "key.pem": r.KeyPEM, "ca.pem": r.CA.CertPEM})
 		if err != nil {
 			r.p12Err = err
 			return
 		}
-		defer os.RemoveAll(dir)
-		files := map[string][]byte{"cert.pem": r.CertPEM, "key.pem": r.KeyPEM, "ca.pem": r.CA.CertPEM}
-		for name, data := range files {
-			if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-				r.p12Err = err
-				return
-			}
-		}
+		defer remove()
 		out := filepath.Join(dir, "out.p12")
 		if _, err := run(nil, nil, "openssl", "pkcs12", "-export",
 			"-certpbe", "PBE-SHA1-3DES", "-keypbe", "PBE-SHA1-3DES", "-macalg", "sha1",

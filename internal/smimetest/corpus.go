@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -257,23 +256,18 @@ func buildSigned() ([]Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "smimetest-corpus")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	content := filepath.Join(dir, "content.eml")
 	entity := "Content-Type: text/plain; charset=utf-8\r\n" +
 		"Content-Transfer-Encoding: quoted-printable\r\n" +
 		"\r\n" +
 		"Signed, then encrypted: Gr=C3=BC=C3=9Fe.\r\n" +
 		"Trailing whitespace matters for signatures. \r\n"
-	for name, data := range map[string][]byte{cert: signer.CertPEM, key: signer.KeyPEM, content: []byte(entity)} {
-		if err := os.WriteFile(name, data, 0o600); err != nil {
-			return nil, err
-		}
+	dir, remove, err := tempFiles(map[string][]byte{"cert.pem": signer.CertPEM, "key.pem": signer.KeyPEM, "content.eml": []byte(entity)})
+	if err != nil {
+		return nil, err
 	}
+	defer remove()
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	content := filepath.Join(dir, "content.eml")
 
 	// -binary keeps the entity's bytes as they are; -crlfeol makes openssl's
 	// own MIME lines CRLF (its base64 stays LF, fixed by toCRLF).
@@ -316,18 +310,12 @@ func buildEncrypted() ([][2]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "smimetest-corpus")
+	dir, remove, err := tempFiles(map[string][]byte{"cert.pem": other.CertPEM, "content.eml": []byte("Content-Type: text/plain\r\n\r\nsecret\r\n")})
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
+	defer remove()
 	cert, content := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "content.eml")
-	if err := os.WriteFile(cert, other.CertPEM, 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(content, []byte("Content-Type: text/plain\r\n\r\nsecret\r\n"), 0o600); err != nil {
-		return nil, err
-	}
 	enveloped, err := run(nil, nil, "openssl", "cms", "-encrypt", "-aes256", "-binary", "-outform", "DER", "-in", content, cert)
 	if err != nil {
 		return nil, err

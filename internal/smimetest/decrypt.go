@@ -70,17 +70,11 @@ func DecryptOpenSSL(t testing.TB, der, certPEM, keyPEM []byte) ([]byte, error) {
 }
 
 func decryptOpenSSL(der, certPEM, keyPEM []byte) ([]byte, error) {
-	dir, err := os.MkdirTemp("", "smimetest-openssl")
+	dir, remove, err := tempFiles(map[string][]byte{"msg.der": der, "cert.pem": certPEM, "key.pem": keyPEM})
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	files := map[string][]byte{"msg.der": der, "cert.pem": certPEM, "key.pem": keyPEM}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			return nil, err
-		}
-	}
+	defer remove()
 	out := filepath.Join(dir, "out")
 	if _, err := run(nil, nil, "openssl", "cms", "-decrypt", "-inform", "DER", "-binary",
 		"-in", filepath.Join(dir, "msg.der"), "-recip", filepath.Join(dir, "cert.pem"),
@@ -127,15 +121,12 @@ func newNSSDB(dir string, p12 []byte) (*nssDB, error) {
 }
 
 func (db *nssDB) decrypt(der []byte) ([]byte, error) {
-	dir, err := os.MkdirTemp("", "smimetest-nss")
+	dir, remove, err := tempFiles(map[string][]byte{"msg.der": der})
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
+	defer remove()
 	in, out := filepath.Join(dir, "msg.der"), filepath.Join(dir, "out")
-	if err := os.WriteFile(in, der, 0o600); err != nil {
-		return nil, err
-	}
 	if _, err := run(nil, nil, "cmsutil", "-D", "-i", in, "-d", "sql:"+db.dir, "-o", out); err != nil {
 		return nil, err
 	}
@@ -228,16 +219,12 @@ func reexportPKCS12(p12 []byte) ([]byte, error) {
 	}
 	// openssl reads the key and the certificates in two passes: a file, not
 	// a pipe.
-	dir, err := os.MkdirTemp("", "smimetest-p12")
+	dir, remove, err := tempFiles(map[string][]byte{"all.pem": pemData})
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	in := filepath.Join(dir, "all.pem")
-	if err := os.WriteFile(in, pemData, 0o600); err != nil {
-		return nil, err
-	}
-	return run(nil, nil, "openssl", "pkcs12", "-export", "-in", in,
+	defer remove()
+	return run(nil, nil, "openssl", "pkcs12", "-export", "-in", filepath.Join(dir, "all.pem"),
 		"-certpbe", "PBE-SHA1-3DES", "-keypbe", "PBE-SHA1-3DES", "-macalg", "sha1",
 		"-passout", "pass:"+P12Password)
 }

@@ -72,6 +72,24 @@ func runFull(env []string, stdin []byte, name string, args ...string) (_, _ []by
 	return stdout.Bytes(), stderr.Bytes(), nil
 }
 
+// tempFiles writes files (name: content) into a new temporary directory,
+// for the tools that read their inputs from files, and returns the
+// directory and what removes it.
+func tempFiles(files map[string][]byte) (dir string, remove func(), err error) {
+	dir, err = os.MkdirTemp("", "smimetest")
+	if err != nil {
+		return "", nil, err
+	}
+	remove = func() { os.RemoveAll(dir) }
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			remove()
+			return "", nil, err
+		}
+	}
+	return dir, remove, nil
+}
+
 func writeTemp(t testing.TB, dir, name string, data []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
