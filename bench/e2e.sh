@@ -9,7 +9,7 @@
 #   bench/e2e.sh [messages] [rounds] [sessions]
 #
 # Needs root, postfix, dovecot-core, dovecot-lmtpd, openssl and Go. The
-# daemons run from temp dirs (internal/mailstack); nothing system-wide is
+# daemons run from temp dirs (internal/mailstacktest); nothing system-wide is
 # touched. The machines are noisy: compare the ratio, not the rates.
 # FILTER_ENV is put in the daemon's environment only (e.g. GOMAXPROCS=1).
 set -euo pipefail

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-
-	"github.com/smimefilter/smimefilter/internal/rawsock"
 )
 
 // PoolOptions configure a Pool. Zero values take the defaults shown.
@@ -291,7 +289,6 @@ func (p *Pool) dial(ctx context.Context) (*poolConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s %s: %w: %w", p.opts.Network, p.opts.Addr, ErrUnreachable, err)
 	}
-	nc = rawsock.Wrap(nc)
 	c := newClient(nc, p.opts.LMTP, p.opts.CommandTimeout)
 	if err := c.handshake(p.opts.LocalName, p.opts.DialTimeout); err != nil {
 		nc.Close()

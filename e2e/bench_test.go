@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smimefilter/smimefilter/internal/mailstack"
+	"github.com/smimefilter/smimefilter/internal/mailstacktest"
 )
 
 // BenchmarkE2E measures Postfix -> smimefilter -> Dovecot ("filter")
@@ -33,8 +33,8 @@ func BenchmarkE2E(b *testing.B) {
 	alice := "alice@" + hostedDomain
 
 	// Postfix -> Dovecot, as before smimefilter.
-	dd := mailstack.StartDovecot(b, mailstack.DovecotOptions{Users: []string{alice}})
-	dp := mailstack.StartPostfix(b, mailstack.PostfixOptions{
+	dd := mailstacktest.StartDovecot(b, mailstacktest.DovecotOptions{Users: []string{alice}})
+	dp := mailstacktest.StartPostfix(b, mailstacktest.PostfixOptions{
 		HostedDomains:    []string{hostedDomain},
 		VirtualTransport: "lmtp:unix:" + dd.LMTPSocket(),
 	})
@@ -43,7 +43,7 @@ func BenchmarkE2E(b *testing.B) {
 
 	paths := []struct {
 		name    string
-		postfix *mailstack.Postfix
+		postfix *mailstacktest.Postfix
 		count   func() int
 	}{
 		{"direct", dp, func() int { return dd.Count(alice) }},

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/smimefilter/smimefilter/internal/mailstack"
+	"github.com/smimefilter/smimefilter/internal/mailstacktest"
 	"github.com/smimefilter/smimefilter/internal/smimetest"
 )
 
@@ -61,7 +61,7 @@ func TestDelivery(t *testing.T) {
 			if mode == modeContentFilter {
 				// Handed back to Postfix (sent to the filter, then sent
 				// again by Postfix to the other host): never bounced.
-				st.postfix.WaitCount(defaultStatusTimeout, func(c mailstack.Counts) bool { return c.Sent >= 2 }, ext)
+				st.postfix.WaitCount(defaultStatusTimeout, func(c mailstacktest.Counts) bool { return c.Sent >= 2 }, ext)
 				if c := st.postfix.Count(ext); c.Bounced != 0 || c.Deferred != 0 || c.Sent != 2 {
 					t.Errorf("%s: %v, want 2 sent only (to the filter, then re-injected and delivered)", ext, c)
 				}
@@ -187,7 +187,7 @@ func TestMissingCertificate(t *testing.T) {
 				}
 			}
 			st.postfix.WaitQueueEmpty(defaultLongTimeout)
-			if c := st.postfix.Count(alice); c != (mailstack.Counts{Sent: 1}) {
+			if c := st.postfix.Count(alice); c != (mailstacktest.Counts{Sent: 1}) {
 				t.Errorf("alice: %v, want sent=1 only", c)
 			}
 		})

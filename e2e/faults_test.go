@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smimefilter/smimefilter/internal/mailstack"
+	"github.com/smimefilter/smimefilter/internal/mailstacktest"
 )
 
 // noLoss checks the end state after a fault: every recipient delivered
@@ -44,7 +44,7 @@ func TestDovecotDown(t *testing.T) {
 		st.send([]string{alice, bob}, raw)
 		inners = append(inners, inner)
 	}
-	st.postfix.WaitCount(defaultStatusTimeout, func(c mailstack.Counts) bool { return c.Deferred >= 10 }, alice, bob)
+	st.postfix.WaitCount(defaultStatusTimeout, func(c mailstacktest.Counts) bool { return c.Deferred >= 10 }, alice, bob)
 	for _, d := range st.postfix.Deliveries() {
 		if d.Status == "deferred" && !strings.HasPrefix(d.DSN, "4.") {
 			t.Errorf("%s deferred with dsn=%s, want 4.x.x", d.To, d.DSN)
@@ -137,7 +137,7 @@ func TestFilterRestartUnderLoad(t *testing.T) {
 	}
 
 	// Restart once a fifth has gone through, while the rest streams in.
-	st.postfix.WaitCount(defaultLongTimeout, func(c mailstack.Counts) bool { return c.Sent >= total/5 }, alice, bob)
+	st.postfix.WaitCount(defaultLongTimeout, func(c mailstacktest.Counts) bool { return c.Sent >= total/5 }, alice, bob)
 	st.filter.stop(30 * time.Second)
 	st.filter.start()
 	wg.Wait()

@@ -1,5 +1,5 @@
 // Package e2e runs smimefilter between a real Postfix 3.7 and a real
-// Dovecot 2.3 (internal/mailstack), configured with the snippets in
+// Dovecot 2.3 (internal/mailstacktest), configured with the snippets in
 // contrib/postfix and contrib/dovecot loaded verbatim (only paths, the
 // re-injection port and the service user are replaced), and checks what
 // lands in the Maildirs and what Postfix logs: delivered, deferred, bounced.

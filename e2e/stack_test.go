@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smimefilter/smimefilter/internal/mailstack"
+	"github.com/smimefilter/smimefilter/internal/mailstacktest"
 	"github.com/smimefilter/smimefilter/internal/smimetest"
 )
 
@@ -68,8 +68,8 @@ type stack struct {
 	t       testing.TB
 	setup   setup
 	dir     string
-	dovecot *mailstack.Dovecot
-	postfix *mailstack.Postfix
+	dovecot *mailstacktest.Dovecot
+	postfix *mailstacktest.Postfix
 	filter  *daemon
 	certs   map[string]*smimetest.Recipient
 	// maildirRoot is the daemon's Maildir template root in maildir mode.
@@ -115,7 +115,7 @@ func newStack(t testing.TB, s setup) *stack {
 		contribDovecotUser, "user = "+nobody.Username,
 		contribDovecotGroup, "group = "+groupName(t, nobody.Gid),
 	).Replace(readContrib(t, "dovecot/10-smimefilter.conf"))
-	st.dovecot = mailstack.StartDovecot(t, mailstack.DovecotOptions{
+	st.dovecot = mailstacktest.StartDovecot(t, mailstacktest.DovecotOptions{
 		Users:     s.users,
 		OverQuota: s.overQuota,
 		// Dovecot would file bob+lists@ under "lists": only the daemon's
@@ -139,9 +139,9 @@ func newStack(t testing.TB, s setup) *stack {
 		}
 	}
 
-	st.dir = mailstack.NewDir(t, "e2e")
+	st.dir = mailstacktest.NewDir(t, "e2e")
 	filterSock := filepath.Join(st.dir, "run", "lmtp.sock")
-	reinject := mailstack.FreePort(t)
+	reinject := mailstacktest.FreePort(t)
 
 	masterMode := s.mode
 	transportMap := filepath.Join(st.dir, "transport")
@@ -153,11 +153,11 @@ func newStack(t testing.TB, s setup) *stack {
 		if err := os.WriteFile(transportMap, []byte(m), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := exec.Command(mailstack.Tool(t, "postmap"), "hash:"+transportMap).CombinedOutput(); err != nil {
+		if out, err := exec.Command(mailstacktest.Tool(t, "postmap"), "hash:"+transportMap).CombinedOutput(); err != nil {
 			t.Fatalf("postmap: %v\n%s", err, out)
 		}
 	}
-	opts := mailstack.PostfixOptions{
+	opts := mailstacktest.PostfixOptions{
 		HostedDomains: []string{hostedDomain, rewrittenDomain},
 		MainCF:        readContrib(t, "postfix/"+s.mode+"/main.cf"),
 		MasterCF:      readContrib(t, "postfix/"+masterMode+"/master.cf"),
@@ -177,7 +177,7 @@ func newStack(t testing.TB, s setup) *stack {
 		opts.MainCF += fmt.Sprintf("\ntransport_maps = inline:{%s=lmtp:unix:%s}\n", elsewhereDomain, st.dovecot.LMTPSocket())
 		opts.VirtualTransport = "lmtp:unix:/nonexistent/hosted-mail-must-pass-smimefilter"
 	}
-	st.postfix = mailstack.StartPostfix(t, opts)
+	st.postfix = mailstacktest.StartPostfix(t, opts)
 
 	// The daemon's configuration.
 	certDir := filepath.Join(st.dir, "certs")

@@ -5,14 +5,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smimefilter/smimefilter/internal/mailstack"
+	"github.com/smimefilter/smimefilter/internal/mailstacktest"
 )
 
 // TestRealDovecot relays through a real Dovecot 2.3 LMTP service (package
 // dovecot-lmtpd) started from a temp dir: Dovecot's own per-recipient
 // answers reach the client, and the pool's connection is reused.
 func TestRealDovecot(t *testing.T) {
-	d := mailstack.StartDovecot(t, mailstack.DovecotOptions{
+	d := mailstacktest.StartDovecot(t, mailstacktest.DovecotOptions{
 		Users:     []string{"alice@example.org", "bob@example.org"},
 		OverQuota: []string{"bob@example.org"},
 	})

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-
-	"github.com/smimefilter/smimefilter/internal/rawsock"
 )
 
 // ServerOptions are the listener-side limits.
@@ -58,7 +56,6 @@ func NewServer(be *Backend, opts ServerOptions) *Server {
 
 // Serve accepts on l until Shutdown. It returns nil after a shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	l = rawsock.Listener(l)
 	if s.opts.MaxConnections > 0 {
 		l = &limitListener{Listener: l, sem: make(chan struct{}, s.opts.MaxConnections), log: s.log}
 	}

@@ -1,4 +1,4 @@
-package mailstack
+package mailstacktest
 
 import (
 	"fmt"
@@ -112,7 +112,7 @@ func StartDovecot(t testing.TB, opts DovecotOptions) *Dovecot {
 	}
 
 	var conf strings.Builder
-	fmt.Fprintf(&conf, `# Written by internal/mailstack for one test.
+	fmt.Fprintf(&conf, `# Written by internal/mailstacktest for one test.
 base_dir = %[1]s/run
 state_dir = %[1]s/state
 instance_name = %[2]s

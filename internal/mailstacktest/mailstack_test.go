@@ -1,4 +1,4 @@
-package mailstack
+package mailstacktest
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-// Package mailstack runs real mail daemons for tests: a Dovecot 2.3 that
+// Package mailstacktest runs real mail daemons for tests: a Dovecot 2.3 that
 // accepts LMTP on a Unix socket and stores Maildirs, and a Postfix 3.7 with a
 // throw-away configuration, queue and log, both under one temporary
 // directory per instance and stopped when the test ends.
@@ -8,7 +8,7 @@
 // CI=true, when it fails instead. Postfix must be started as root; Dovecot
 // runs as root and delivers as the unprivileged user nobody (or, when the
 // test does not run as root, entirely as the current user).
-package mailstack
+package mailstacktest
 
 import (
 	"bytes"

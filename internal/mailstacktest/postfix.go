@@ -1,4 +1,4 @@
-package mailstack
+package mailstacktest
 
 import (
 	"bufio"
@@ -138,7 +138,7 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 
 func (p *Postfix) writeConfig(opts PostfixOptions, replace func(string) string) error {
 	var main strings.Builder
-	fmt.Fprintf(&main, `# Written by internal/mailstack for one test.
+	fmt.Fprintf(&main, `# Written by internal/mailstacktest for one test.
 compatibility_level = 3.6
 queue_directory = %[1]s/spool
 data_directory = %[1]s/data
@@ -180,7 +180,7 @@ virtual_mailbox_domains = %[2]s
 	// Every service non-chrooted: a chrooted lmtp client looks a socket
 	// path up under the queue directory and fails.
 	var master strings.Builder
-	fmt.Fprintf(&master, `# Written by internal/mailstack for one test.
+	fmt.Fprintf(&master, `# Written by internal/mailstacktest for one test.
 %s inet n - n - - smtpd
 pickup     unix n - n 60   1 pickup
 cleanup    unix n - n -    0 cleanup
