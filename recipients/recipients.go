@@ -69,8 +69,10 @@ func (rw *Rewriter) Len() int {
 }
 
 // Rewrite returns addr after every rule has been applied in order. The input
-// is not validated (it was accepted by the SMTP layer); the output is, because
-// a rule can produce anything and a bad result must never reach delivery.
+// is not validated: the SMTP layer accepted it, and when no rule changed it
+// the next hop decides about it exactly as it would without this filter. A
+// changed address is validated, because a rule can produce anything and a bad
+// result must never reach delivery.
 func (rw *Rewriter) Rewrite(addr string) (string, error) {
 	out := addr
 	if rw != nil {
@@ -89,6 +91,9 @@ func (rw *Rewriter) Rewrite(addr string) (string, error) {
 			out = string(b)
 		}
 	}
+	if out == addr {
+		return out, nil
+	}
 	if err := Validate(out); err != nil {
 		return out, fmt.Errorf("rewriting %q gave %q: %w", addr, out, err)
 	}
@@ -105,25 +110,28 @@ func Validate(addr string) error {
 		return fmt.Errorf("%w: %d octets, more than %d", ErrInvalidAddress, len(addr), MaxAddressLength)
 	case strings.ContainsAny(addr, "\r\n\x00"):
 		return fmt.Errorf("%w: contains CR, LF or NUL", ErrInvalidAddress)
-	case strings.ContainsAny(addr, " \t<>"):
-		// Unquoted spaces and brackets would corrupt the RCPT TO line that
-		// carries the address onwards.
-		return fmt.Errorf("%w: contains a space, tab or angle bracket", ErrInvalidAddress)
+	case strings.ContainsAny(addr, "<>"):
+		// Brackets would corrupt the RCPT TO line that carries the address
+		// onwards.
+		return fmt.Errorf("%w: contains an angle bracket", ErrInvalidAddress)
 	}
 	at := strings.LastIndexByte(addr, '@')
 	if at < 0 {
 		return fmt.Errorf("%w: no @", ErrInvalidAddress)
 	}
-	if strings.IndexByte(addr, '@') != at && !strings.HasPrefix(addr, `"`) {
-		return fmt.Errorf("%w: more than one @", ErrInvalidAddress)
-	}
 	local, domain := addr[:at], addr[at+1:]
 	if local == "" {
 		return fmt.Errorf("%w: empty local part", ErrInvalidAddress)
 	}
-	if len(local) > 64 {
-		// RFC 5321 §4.5.3.1.1.
-		return fmt.Errorf("%w: local part longer than 64 octets", ErrInvalidAddress)
+	// RFC 5321 §4.1.2: a quoted-string local part may hold spaces and "@";
+	// a dot-string may not. The 64-octet local-part limit of §4.5.3.1.1 is a
+	// minimum servers must support, not a maximum, so the next hop decides.
+	quoted := len(local) >= 2 && local[0] == '"' && local[len(local)-1] == '"'
+	if !quoted && strings.ContainsAny(local, " \t@") {
+		return fmt.Errorf("%w: unquoted local part %q has a space, tab or @", ErrInvalidAddress, local)
+	}
+	if strings.ContainsAny(domain, " \t") {
+		return fmt.Errorf("%w: domain %q has a space or tab", ErrInvalidAddress, domain)
 	}
 	if domain == "" {
 		return fmt.Errorf("%w: empty domain", ErrInvalidAddress)

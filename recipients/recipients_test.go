@@ -83,9 +83,30 @@ func TestNoRules(t *testing.T) {
 	}
 }
 
+// TestUnchangedAddressNotJudged: an address no rule changed goes on as the
+// SMTP layer accepted it, so the next hop decides about it as it would
+// without the filter (a quoted local part with a space, a local part over 64
+// octets, even one Validate would refuse).
+func TestUnchangedAddressNotJudged(t *testing.T) {
+	rw, err := Compile([]Rule{{Match: `^(.*)@old\.example$`, Replace: `$1@example.org`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{`"a b"@example.org`, strings.Repeat("l", 70) + "@example.org", "a b@example.org"} {
+		for _, r := range []*Rewriter{nil, rw} {
+			got, err := r.Rewrite(addr)
+			if err != nil || got != addr {
+				t.Errorf("Rewrite(%q) with %d rules = %q, %v; want it unchanged, no error", addr, r.Len(), got, err)
+			}
+		}
+	}
+}
+
 func TestValidate(t *testing.T) {
-	good := []string{"a@b.example", "first.last@sub.example.org", `"odd@local"@example.org`, "ü@example.de"}
-	bad := []string{"", "a", "@b.example", "a@", "a@.b", "a@b..c", "a@b.", "a b@c.d", "<a@b.c>", strings.Repeat("x", 65) + "@b.c"}
+	good := []string{"a@b.example", "first.last@sub.example.org", `"odd@local"@example.org`, "ü@example.de",
+		`"a b"@example.org`, strings.Repeat("x", 65) + "@b.c"}
+	bad := []string{"", "a", "@b.example", "a@", "a@.b", "a@b..c", "a@b.", "a b@c.d", "a@b@c.d", "<a@b.c>", "a@b c.d",
+		strings.Repeat("x", 251) + "@b.c"}
 	for _, a := range good {
 		if err := Validate(a); err != nil {
 			t.Errorf("Validate(%q) = %v, want nil", a, err)
@@ -113,6 +134,9 @@ func FuzzRewrite(f *testing.F) {
 				t.Fatalf("error not wrapping ErrInvalidAddress: %v", err)
 			}
 			return
+		}
+		if out == addr {
+			return // unchanged: not ours to judge
 		}
 		// Whatever the rule, an accepted result must be safe to put on an
 		// RCPT TO line.
