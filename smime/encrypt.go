@@ -80,9 +80,8 @@ func Encrypt(dst io.Writer, h *Header, recipients []*x509.Certificate, opts Opti
 	if err != nil {
 		return nil, err
 	}
-	var inner bytes.Buffer
-	writeInnerHeader(&inner, h, opts.HeaderProtection, nl)
-	if _, err := ew.Write(inner.Bytes()); err != nil {
+	inner := innerPrefix(h, opts.HeaderProtection)
+	if _, err := ew.Write(inner); err != nil {
 		return nil, err
 	}
 	return &encryptWriter{env: ew, b64: b64}, nil
@@ -148,6 +147,16 @@ func obscured(f Field, nl []byte) (raw []byte, keep bool) {
 		return nil, false
 	}
 	return f.Raw, true
+}
+
+// innerPrefix is what the encrypted entity holds before the rest of the body:
+// its header (writeInnerHeader) and the body's first line when a line that is
+// not a field ended the message's header.
+func innerPrefix(h *Header, hp bool) []byte {
+	var b bytes.Buffer
+	writeInnerHeader(&b, h, hp, h.newline())
+	b.Write(h.lead)
+	return b.Bytes()
 }
 
 func writeInnerHeader(b *bytes.Buffer, h *Header, hp bool, nl []byte) {

@@ -9,17 +9,14 @@ import (
 	"strings"
 )
 
-var (
-	// ErrHeaderTooLarge means the header block did not end within the byte limit
-	// given to ReadHeader.
-	ErrHeaderTooLarge = errors.New("smime: message header too large")
-	// ErrMalformedHeader means a header line is neither a field, a
-	// continuation of one, nor the blank line that ends the header.
-	ErrMalformedHeader = errors.New("smime: malformed message header")
-)
+// ErrHeaderTooLarge means the header block did not end within the byte limit
+// given to ReadHeader.
+var ErrHeaderTooLarge = errors.New("smime: message header too large")
 
 // Field is one header field exactly as received: Raw holds the name, colon,
-// value, any folding, and the final CRLF, byte for byte.
+// value, any folding, and the final CRLF, byte for byte. A Field with an
+// empty Name is an mbox "From " line that opened the message: not a field,
+// but kept in place, outside any encryption, as the mail store would keep it.
 type Field struct {
 	Name string // as written, e.g. "Content-Type"
 	Raw  []byte
@@ -32,9 +29,12 @@ type Header struct {
 	Fields []Field
 
 	// end is the blank line that ended the header ("\r\n" or "\n"), or empty
-	// when the message ended inside the header. parsed tells a Header read by
-	// ReadHeader from one built by hand, which gets a CRLF when written.
+	// when the message ended inside the header or a line that is not a field
+	// ended it. lead is that line: the first line of the body, already read.
+	// parsed tells a Header read by ReadHeader from one built by hand, which
+	// gets a CRLF when written.
 	end    []byte
+	lead   []byte
 	parsed bool
 }
 
@@ -43,10 +43,17 @@ type Header struct {
 // kept as they were. A message with no blank line (header only, then EOF) is
 // valid: its body is empty. At most max bytes are consumed from r, so the body
 // that follows is never read into the header.
+//
+// It reads as leniently as Postfix's cleanup and Dovecot do, because content
+// the mail store would take must not be refused here: a line that is neither
+// a field, nor the continuation of one, nor blank ends the header and is the
+// first line of the body (Lead); an mbox "From " line at the very start is
+// kept as it is; field names may hold 8-bit bytes, values NULs. The only
+// error besides a failed read is ErrHeaderTooLarge.
 func ReadHeader(r *bufio.Reader, max int) (*Header, error) {
 	h := &Header{parsed: true}
 	remaining := max
-	for {
+	for first := true; ; first = false {
 		line, err := readLine(r, &remaining)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, err
@@ -56,17 +63,17 @@ func ReadHeader(r *bufio.Reader, max int) (*Header, error) {
 			case isBlankLine(line):
 				h.end = line
 				return h, nil
-			case line[0] == ' ' || line[0] == '\t':
+			case (line[0] == ' ' || line[0] == '\t') && len(h.Fields) > 0 && h.Fields[len(h.Fields)-1].Name != "":
 				// RFC 5322 §2.2.3: folding whitespace continues the previous field.
-				if len(h.Fields) == 0 {
-					return nil, fmt.Errorf("%w: continuation line before the first field", ErrMalformedHeader)
-				}
 				f := &h.Fields[len(h.Fields)-1]
 				f.Raw = append(f.Raw, line...)
+			case first && bytes.HasPrefix(line, []byte("From ")):
+				h.Fields = append(h.Fields, Field{Raw: line})
 			default:
 				name, ok := fieldName(line)
 				if !ok {
-					return nil, fmt.Errorf("%w: line %q is not a header field", ErrMalformedHeader, truncate(line, 40))
+					h.lead = line
+					return h, nil
 				}
 				h.Fields = append(h.Fields, Field{Name: name, Raw: line})
 			}
@@ -76,6 +83,12 @@ func ReadHeader(r *bufio.Reader, max int) (*Header, error) {
 		}
 	}
 }
+
+// Lead is the first line of the body when a line that is not a field ended
+// the header, already consumed from the reader; nil otherwise. WriteTo writes
+// it after the fields, so a header written back is followed by the rest of
+// the body exactly as received.
+func (h *Header) Lead() []byte { return h.lead }
 
 // readLine returns the next line including its LF, never consuming more than
 // *remaining bytes from r. A final line without LF comes back with io.EOF.
@@ -115,12 +128,14 @@ func endsWithNewline(b []byte) bool {
 	return len(b) > 0 && b[len(b)-1] == '\n'
 }
 
-// fieldName returns the name of a field line: RFC 5322 ftext (printable
-// US-ASCII except colon), optionally followed by whitespace before the colon
-// (obsolete syntax, RFC 5322 §4.5.3, still seen in the wild).
+// fieldName returns the name of a field line: the bytes before the colon,
+// optionally followed by whitespace (obsolete syntax, RFC 5322 §4.5.3, still
+// seen in the wild). RFC 5322 ftext is printable US-ASCII, but Postfix and
+// Dovecot take 8-bit and control bytes in names as well, and so does this:
+// only a colon, whitespace and line ends cannot be part of a name.
 func fieldName(line []byte) (string, bool) {
 	i := 0
-	for i < len(line) && line[i] >= 33 && line[i] <= 126 && line[i] != ':' {
+	for i < len(line) && line[i] != ':' && line[i] != ' ' && line[i] != '\t' && line[i] != '\r' && line[i] != '\n' {
 		i++
 	}
 	if i == 0 {
@@ -134,13 +149,6 @@ func fieldName(line []byte) (string, bool) {
 		return "", false
 	}
 	return string(line[:i]), true
-}
-
-func truncate(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[:n]
-	}
-	return b
 }
 
 // Get returns the unfolded value of the first field with that name (compared
@@ -190,8 +198,8 @@ func fieldValue(raw []byte) string {
 }
 
 // WriteTo writes the header as it was read, including the blank line that
-// ended it (none if the message ended inside the header). A Header built by
-// hand gets a CRLF blank line.
+// ended it (none if the message ended inside the header) or the Lead line. A
+// Header built by hand gets a CRLF blank line.
 func (h *Header) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for _, f := range h.Fields {
@@ -206,6 +214,11 @@ func (h *Header) WriteTo(w io.Writer) (int64, error) {
 		end = crlf
 	}
 	n, err := w.Write(end)
+	total += int64(n)
+	if err != nil || len(h.lead) == 0 {
+		return total, err
+	}
+	n, err = w.Write(h.lead)
 	total += int64(n)
 	return total, err
 }

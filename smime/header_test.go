@@ -84,11 +84,19 @@ func TestReadHeader(t *testing.T) {
 			wantNames: []string{"A"},
 			wantRaw:   []string{"A: x\ry\r\n"},
 		},
-		{name: "continuation first", in: " folded\r\nA: 1\r\n\r\n", wantErr: smime.ErrMalformedHeader},
-		{name: "no colon", in: "From a@example.test\r\n\r\n", wantErr: smime.ErrMalformedHeader},
-		{name: "empty name", in: ": value\r\n\r\n", wantErr: smime.ErrMalformedHeader},
-		{name: "mbox From_ line", in: "From alice@example.test Mon Jun  2 10:00:00 2025\r\nA: 1\r\n\r\n", wantErr: smime.ErrMalformedHeader},
-		{name: "space in name", in: "Bad Name: x\r\n\r\n", wantErr: smime.ErrMalformedHeader},
+		// Read as leniently as Postfix and Dovecot: a line that is not a
+		// field ends the header and starts the body; nothing is refused.
+		{name: "continuation first", in: " folded\r\nA: 1\r\n\r\n", wantBody: " folded\r\nA: 1\r\n\r\n"},
+		{name: "no colon", in: "A: 1\r\nFrom a@example.test\r\nB: 2\r\n\r\nbody", wantNames: []string{"A"}, wantBody: "From a@example.test\r\nB: 2\r\n\r\nbody"},
+		{name: "empty name", in: ": value\r\n\r\n", wantBody: ": value\r\n\r\n"},
+		{name: "folded line missing its space", in: "To: a@example.test,\r\nb@example.test\r\nSubject: s\r\n\r\nbody", wantNames: []string{"To"}, wantBody: "b@example.test\r\nSubject: s\r\n\r\nbody"},
+		{name: "mbox From_ line", in: "From alice@example.test Mon Jun  2 10:00:00 2025\r\nA: 1\r\n\r\n", wantNames: []string{"", "A"}},
+		{name: "mbox From_ line not first", in: "A: 1\r\nFrom alice@example.test Mon Jun  2 10:00:00 2025\r\n\r\n", wantNames: []string{"A"}, wantBody: "From alice@example.test Mon Jun  2 10:00:00 2025\r\n\r\n"},
+		{name: "continuation of an mbox From_ line", in: "From a\r\n x\r\nA: 1\r\n\r\n", wantNames: []string{""}, wantBody: " x\r\nA: 1\r\n\r\n"},
+		{name: "space in name", in: "Bad Name: x\r\n\r\n", wantBody: "Bad Name: x\r\n\r\n"},
+		{name: "8-bit name, NUL in value", in: "X-Gr\xfc\xdfe: 1\r\nA: x\x00y\r\n\r\nb", wantNames: []string{"X-Gr\xfc\xdfe", "A"}, wantBody: "b"},
+		{name: "NUL in name", in: "X\x00Y: 1\r\n\r\n", wantNames: []string{"X\x00Y"}},
+		{name: "bare LF ends a non-field line too", in: "A: 1\nnot a field\nrest", wantNames: []string{"A"}, wantBody: "not a field\nrest"},
 		{name: "too large", in: "A: " + strings.Repeat("x", 100) + "\r\n\r\n", max: 50, wantErr: smime.ErrHeaderTooLarge},
 		{name: "too large, blank line just past the limit", in: "A: 1\r\n\r\n", max: 7, wantErr: smime.ErrHeaderTooLarge},
 		{name: "fits exactly", in: "A: 1\r\n\r\nbody", max: 8, wantNames: []string{"A"}, wantBody: "body"},
@@ -123,8 +131,8 @@ func TestReadHeader(t *testing.T) {
 				}
 			}
 			rest, _ := io.ReadAll(br)
-			if string(rest) != tt.wantBody {
-				t.Errorf("body %q, want %q", rest, tt.wantBody)
+			if body := string(h.Lead()) + string(rest); body != tt.wantBody {
+				t.Errorf("body %q, want %q", body, tt.wantBody)
 			}
 			// The header block and the body make up the input again.
 			var buf bytes.Buffer
