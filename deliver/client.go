@@ -3,6 +3,7 @@ package deliver
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -27,6 +28,11 @@ type client struct {
 	ext  map[string]string
 
 	cmdTimeout time.Duration
+	// ctx is the context of the transaction using the connection. When it
+	// ends, an AfterFunc (poolConn.bind) sets a past deadline that cuts the
+	// wait short; every deadline set here checks ctx afterwards, because it
+	// may just have replaced that past deadline.
+	ctx context.Context
 }
 
 // errProtocol marks a reply that makes no sense at that point of the
@@ -40,7 +46,27 @@ func newClient(nc net.Conn, lmtp bool, cmdTimeout time.Duration) *client {
 		bw:         bufio.NewWriterSize(nc, 32<<10),
 		lmtp:       lmtp,
 		cmdTimeout: cmdTimeout,
+		ctx:        context.Background(),
 	}
+}
+
+// arm sets a read or write deadline timeout from now, and fails if the
+// transaction's context has ended.
+func (c *client) arm(set func(time.Time) error, timeout time.Duration) error {
+	set(time.Now().Add(timeout))
+	if err := c.ctx.Err(); err != nil {
+		return context.Cause(c.ctx)
+	}
+	return nil
+}
+
+// cut names the ended context as the cause of an I/O error it provoked
+// (which is otherwise a bare "i/o timeout").
+func (c *client) cut(err error) error {
+	if c.ctx.Err() != nil {
+		return fmt.Errorf("%w: %w", context.Cause(c.ctx), err)
+	}
+	return err
 }
 
 // reply is one server reply, possibly multi-line.
@@ -56,15 +82,17 @@ func (r reply) err() *smtp.SMTPError {
 
 // readReply reads one reply (RFC 5321 §4.2) within the deadline.
 func (c *client) readReply(timeout time.Duration) (reply, error) {
-	c.nc.SetReadDeadline(time.Now().Add(timeout))
 	var r reply
+	if err := c.arm(c.nc.SetReadDeadline, timeout); err != nil {
+		return r, err
+	}
 	for {
 		line, err := c.br.ReadSlice('\n')
 		if err != nil {
 			if errors.Is(err, bufio.ErrBufferFull) {
 				return r, fmt.Errorf("%w: reply line too long", errProtocol)
 			}
-			return r, err
+			return r, c.cut(err)
 		}
 		s := strings.TrimRight(string(line), "\r\n")
 		if len(s) < 3 {
@@ -121,8 +149,10 @@ func parseEnhanced(s string) (smtp.EnhancedCode, bool) {
 }
 
 func (c *client) flush() error {
-	c.nc.SetWriteDeadline(time.Now().Add(c.cmdTimeout))
-	return c.bw.Flush()
+	if err := c.arm(c.nc.SetWriteDeadline, c.cmdTimeout); err != nil {
+		return err
+	}
+	return c.cut(c.bw.Flush())
 }
 
 // handshake reads the greeting and says LHLO (or EHLO).
@@ -162,14 +192,48 @@ func (c *client) has(ext string) bool {
 	return ok
 }
 
-// command sends one line and reads its reply.
-func (c *client) command(line string) (reply, error) {
-	c.bw.WriteString(line)
-	c.bw.WriteString("\r\n")
-	if err := c.flush(); err != nil {
-		return reply{}, err
+// exchange sends a group of commands and returns their replies in order.
+// When the peer offers PIPELINING the group goes out in one write and the
+// replies are read after it (RFC 2920 §3.1: DATA, if present, must be
+// last). Otherwise each command waits for the previous reply, and before
+// each command after the first, more(replies so far) decides whether the
+// rest is worth sending: the replies are then fewer than the commands.
+//
+// An error means the connection is unusable; a 421 (the peer is closing,
+// RFC 5321 §3.8) is returned as that error, with the replies before it.
+func (c *client) exchange(cmds []string, more func(done []reply) bool) ([]reply, error) {
+	pipelined := c.has("PIPELINING")
+	if pipelined {
+		for _, cmd := range cmds {
+			c.bw.WriteString(cmd)
+			c.bw.WriteString("\r\n")
+		}
+		if err := c.flush(); err != nil {
+			return nil, err
+		}
 	}
-	return c.readReply(c.cmdTimeout)
+	replies := make([]reply, 0, len(cmds))
+	for i, cmd := range cmds {
+		if !pipelined {
+			if i > 0 && !more(replies) {
+				break
+			}
+			c.bw.WriteString(cmd)
+			c.bw.WriteString("\r\n")
+			if err := c.flush(); err != nil {
+				return replies, err
+			}
+		}
+		r, err := c.readReply(c.cmdTimeout)
+		if err != nil {
+			return replies, err
+		}
+		replies = append(replies, r)
+		if r.code == 421 {
+			return replies, r.err()
+		}
+	}
+	return replies, nil
 }
 
 // dotWriter does the transparency of RFC 5321 §4.5.2 in bulk: it scans for
@@ -190,9 +254,11 @@ func (w *dotWriter) Write(p []byte) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	w.any = true
 	// A peer that stops reading must not hold the transaction for ever.
-	w.c.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+	if err := w.c.arm(w.c.nc.SetWriteDeadline, w.timeout); err != nil {
+		return 0, err
+	}
+	w.any = true
 	if w.bol && p[0] == '.' {
 		w.c.bw.WriteByte('.')
 	}
@@ -208,8 +274,9 @@ func (w *dotWriter) Write(p []byte) (int, error) {
 		w.c.bw.WriteByte('.')
 		p = p[i+1:]
 	}
+	// bufio.Writer errors are sticky: one that occurred above shows here.
 	if _, err := w.c.bw.Write(p); err != nil {
-		return 0, err
+		return 0, w.c.cut(err)
 	}
 	return n, nil
 }
@@ -230,7 +297,7 @@ func (c *client) quit() {
 	c.nc.SetDeadline(time.Now().Add(time.Second))
 	c.bw.WriteString("QUIT\r\n")
 	if c.bw.Flush() == nil {
-		c.readReply(time.Second)
+		c.br.ReadSlice('\n')
 	}
 	c.nc.Close()
 }

@@ -4,8 +4,21 @@
 // to hand recipients back to Postfix, or a Maildir.
 //
 // A Target never reports success for a recipient before the next hop has
-// taken responsibility for it: an LMTP 250 for that recipient, an SMTP 250 for
-// the transaction, or a Maildir file that was fsynced and renamed into new/.
+// taken responsibility for it: an LMTP 250 for that recipient (one reply
+// per accepted recipient after the final dot, RFC 2033 §4.2), an SMTP 250
+// for the transaction, or a Maildir file that was fsynced and renamed into
+// new/, in directories that were themselves made durable.
+//
+// The Pool's client sends MAIL, RCPT and DATA as one group when the peer
+// offers PIPELINING (RFC 2920), one at a time otherwise, and the message
+// with DATA and dot-stuffing (RFC 5321 §4.5.2). CHUNKING (RFC 3030, BDAT) is
+// not used: it saves the dot-stuffing scan, which the bulk writer here
+// makes cheap, and every LMTP and SMTP server takes DATA. A pooled
+// connection serves again only after a clean transaction, and proves itself
+// with RSET before it does.
+//
+// Errors for the filter are either the next hop's own reply (an
+// *smtp.SMTPError, passed through) or wrap one of the sentinel errors below.
 package deliver
 
 import (

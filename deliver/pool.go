@@ -2,16 +2,12 @@ package deliver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // PoolOptions configure a Pool. Zero values take the defaults shown.
@@ -84,7 +80,8 @@ func (o *PoolOptions) setDefaults() {
 // Pool delivers over LMTP or SMTP and keeps connections for reuse. A
 // connection goes back to the pool only after a transaction that ended
 // cleanly; after any error it is closed, because the state of the peer is
-// then unknown.
+// then unknown. A reused connection proves itself with RSET first (see
+// converse in tx.go).
 type Pool struct {
 	opts PoolOptions
 
@@ -102,7 +99,29 @@ type poolConn struct {
 	created time.Time
 	used    time.Time
 	uses    int
-	reused  bool // it has served a transaction before this one
+	reused  bool        // it has served a transaction before this one
+	unwatch func() bool // stops the watch on the transaction's context
+}
+
+// bind ties the connection to the context of the transaction using it: when
+// ctx ends, waits on the peer end at once (a past deadline), so that a
+// daemon shutting down is not held by a next hop that is slow or hung.
+func (pc *poolConn) bind(ctx context.Context) {
+	pc.c.ctx = ctx
+	nc := pc.c.nc
+	pc.unwatch = context.AfterFunc(ctx, func() { nc.SetDeadline(time.Now()) })
+}
+
+// unbind ends the watch and reports whether the connection is still usable:
+// not when the context's end may have cut an exchange short.
+func (pc *poolConn) unbind() bool {
+	if pc.unwatch == nil {
+		return true
+	}
+	ok := pc.unwatch()
+	pc.unwatch = nil
+	pc.c.ctx = context.Background()
+	return ok
 }
 
 // NewPool returns a pool; it dials nothing until the first transaction.
@@ -112,6 +131,15 @@ func NewPool(opts PoolOptions) *Pool {
 	p.reaped.Add(1)
 	go p.reapIdle()
 	return p
+}
+
+// String names the pool in logs.
+func (p *Pool) String() string {
+	proto := "smtp"
+	if p.opts.LMTP {
+		proto = "lmtp"
+	}
+	return proto + ":" + strings.TrimPrefix(p.opts.Network+":", "tcp:") + p.opts.Addr
 }
 
 // Stats is a snapshot for logs and tests.
@@ -133,10 +161,7 @@ func (p *Pool) Close() error {
 		return nil
 	}
 	p.closed = true
-	idle := p.idle
-	p.idle = nil
-	p.open -= len(idle)
-	p.wakeLocked()
+	idle := p.takeIdleLocked(func(*poolConn) bool { return true })
 	close(p.stop)
 	p.mu.Unlock()
 	for _, pc := range idle {
@@ -151,6 +176,27 @@ func (p *Pool) wakeLocked() {
 	p.freed = make(chan struct{})
 }
 
+// takeIdleLocked removes the idle connections drop selects and counts them
+// as closed; the caller closes them outside the lock.
+func (p *Pool) takeIdleLocked(drop func(*poolConn) bool) []*poolConn {
+	var out []*poolConn
+	keep := p.idle[:0]
+	for _, pc := range p.idle {
+		if drop(pc) {
+			out = append(out, pc)
+		} else {
+			keep = append(keep, pc)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	if len(out) > 0 {
+		p.open -= len(out)
+		p.wakeLocked()
+	}
+	return out
+}
+
 // reapIdle closes connections that sat idle too long, so that the peer does
 // not keep a process per idle connection and we do not find them half-dead.
 func (p *Pool) reapIdle() {
@@ -162,22 +208,8 @@ func (p *Pool) reapIdle() {
 		case <-p.stop:
 			return
 		case now := <-t.C:
-			var drop []*poolConn
 			p.mu.Lock()
-			keep := p.idle[:0]
-			for _, pc := range p.idle {
-				if p.expired(pc, now) {
-					drop = append(drop, pc)
-				} else {
-					keep = append(keep, pc)
-				}
-			}
-			clear(p.idle[len(keep):])
-			p.idle = keep
-			if len(drop) > 0 {
-				p.open -= len(drop)
-				p.wakeLocked()
-			}
+			drop := p.takeIdleLocked(func(pc *poolConn) bool { return p.expired(pc, now) })
 			p.mu.Unlock()
 			for _, pc := range drop {
 				pc.c.quit()
@@ -186,17 +218,26 @@ func (p *Pool) reapIdle() {
 	}
 }
 
+// dropIdle closes every idle connection: one was found dead, and the others
+// have sat idle at least as long (the peer restarted, or timed them out).
+func (p *Pool) dropIdle() {
+	p.mu.Lock()
+	drop := p.takeIdleLocked(func(*poolConn) bool { return true })
+	p.mu.Unlock()
+	for _, pc := range drop {
+		pc.c.nc.Close()
+	}
+}
+
 func (p *Pool) expired(pc *poolConn, now time.Time) bool {
 	return now.Sub(pc.used) >= p.opts.IdleTimeout || now.Sub(pc.created) >= p.opts.MaxLifetime
 }
 
-// get returns an idle connection or dials a new one, waiting while MaxConns
-// connections are open.
+// get returns the most recently used idle connection (the one a previous
+// copy of the same message just released, still warm at the peer) or dials
+// a new one, waiting while MaxConns connections are open.
 func (p *Pool) get(ctx context.Context) (*poolConn, error) {
-	var (
-		waitUntil time.Time
-		timer     *time.Timer
-	)
+	var timer *time.Timer
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -230,12 +271,11 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		}
 		wait := p.freed
 		p.mu.Unlock()
-		if waitUntil.IsZero() {
+		if timer == nil {
 			// Transactions hold their connections until they end, and one
 			// may need several (one per copy): waiting without a bound could
 			// deadlock two transactions that each hold what the other needs.
 			// A bounded wait turns that into a temporary failure instead.
-			waitUntil = time.Now().Add(p.opts.DialTimeout)
 			timer = time.NewTimer(p.opts.DialTimeout)
 			defer timer.Stop()
 		}
@@ -244,12 +284,12 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		case <-timer.C:
 			return nil, fmt.Errorf("no free connection to %s within %v (%d open): %w", p.opts.Addr, p.opts.DialTimeout, p.opts.MaxConns, ErrUnreachable)
 		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for a free connection to %s: %w: %w", p.opts.Addr, ErrUnreachable, ctx.Err())
+			return nil, fmt.Errorf("waiting for a free connection to %s: %w: %w", p.opts.Addr, ErrUnreachable, context.Cause(ctx))
 		}
 	}
 }
 
-// release forgets a connection that was closed.
+// release counts a closed connection out.
 func (p *Pool) release() {
 	p.mu.Lock()
 	p.open--
@@ -257,11 +297,16 @@ func (p *Pool) release() {
 	p.mu.Unlock()
 }
 
-// put returns a connection after a clean transaction, or closes it.
+// put returns a connection after a transaction: to the idle list when it
+// ended cleanly and the limits allow, closed otherwise.
 func (p *Pool) put(pc *poolConn, clean bool) {
+	if !pc.unbind() || !clean {
+		p.discard(pc)
+		return
+	}
 	pc.used = time.Now()
 	pc.uses++
-	if clean && pc.uses < p.opts.MaxTransactions {
+	if pc.uses < p.opts.MaxTransactions {
 		p.mu.Lock()
 		if !p.closed && len(p.idle) < p.opts.MaxIdle && !p.expired(pc, pc.used) {
 			p.idle = append(p.idle, pc)
@@ -270,15 +315,15 @@ func (p *Pool) put(pc *poolConn, clean bool) {
 			return
 		}
 		p.mu.Unlock()
-		pc.c.quit()
-		p.release()
-		return
 	}
-	pc.c.nc.Close()
+	pc.c.quit()
 	p.release()
 }
 
+// discard closes a connection whose state is unknown: no QUIT, which could
+// be read as part of an unfinished command.
 func (p *Pool) discard(pc *poolConn) {
+	pc.unbind()
 	pc.c.nc.Close()
 	p.release()
 }
@@ -289,382 +334,17 @@ func (p *Pool) dial(ctx context.Context) (*poolConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dialing %s %s: %w: %w", p.opts.Network, p.opts.Addr, ErrUnreachable, err)
 	}
-	c := newClient(nc, p.opts.LMTP, p.opts.CommandTimeout)
-	if err := c.handshake(p.opts.LocalName, p.opts.DialTimeout); err != nil {
+	pc := &poolConn{c: newClient(nc, p.opts.LMTP, p.opts.CommandTimeout)}
+	pc.bind(ctx)
+	err = pc.c.handshake(p.opts.LocalName, p.opts.DialTimeout)
+	if !pc.unbind() && err == nil {
+		err = context.Cause(ctx)
+	}
+	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("greeting %s: %w: %w", p.opts.Addr, ErrUnreachable, err)
 	}
-	now := time.Now()
-	return &poolConn{c: c, created: now, used: now}, nil
-}
-
-// Begin starts a transaction: MAIL FROM, one RCPT TO per recipient and DATA,
-// pipelined (RFC 2920) when the peer offers it, which Dovecot and Postfix do.
-func (p *Pool) Begin(ctx context.Context, env Envelope) (Tx, error) {
-	if err := checkEnvelope(env); err != nil {
-		return nil, err
-	}
-	for attempt := 0; ; attempt++ {
-		pc, err := p.get(ctx)
-		if err != nil {
-			return nil, err
-		}
-		tx, err := p.start(pc, env)
-		if err == nil {
-			return tx, nil
-		}
-		p.discard(pc)
-		// A reused connection may have been closed by the peer while it
-		// sat idle (Dovecot answers 421 and hangs up after its own idle
-		// timeout): that says nothing about this message, so dial anew
-		// once instead of failing the delivery.
-		if pc.reused && attempt == 0 && peerGone(err) {
-			continue
-		}
-		return nil, outboundError("MAIL FROM", err)
-	}
-}
-
-// checkEnvelope refuses what would break the command lines. go-smtp's
-// parser and recipients.Validate already keep such addresses out; this is
-// the last line of defence against command injection.
-func checkEnvelope(env Envelope) error {
-	for _, a := range append([]string{env.From}, env.Rcpts...) {
-		if strings.ContainsAny(a, "\r\n<>") {
-			return fmt.Errorf("address %q: %w", a, errProtocol)
-		}
-	}
-	return nil
-}
-
-func (p *Pool) start(pc *poolConn, env Envelope) (*poolTx, error) {
-	c := pc.c
-	var mail strings.Builder
-	mail.WriteString("MAIL FROM:<" + env.From + ">")
-	if c.has("8BITMIME") {
-		mail.WriteString(" BODY=8BITMIME")
-	}
-	if c.has("SIZE") && env.Size > 0 {
-		mail.WriteString(" SIZE=" + strconv.FormatInt(env.Size, 10))
-	}
-	// Dovecot's LMTP takes UTF-8 addresses without SMTPUTF8; ask for it
-	// only where offered.
-	if env.UTF8 && c.has("SMTPUTF8") {
-		mail.WriteString(" SMTPUTF8")
-	}
-	tx := &poolTx{p: p, pc: pc, rcpts: env.Rcpts, rejected: make([]error, len(env.Rcpts))}
-	if !c.has("PIPELINING") {
-		return tx, p.startLockstep(tx, mail.String())
-	}
-	c.bw.WriteString(mail.String() + "\r\n")
-	for _, r := range env.Rcpts {
-		c.bw.WriteString("RCPT TO:<" + r + ">\r\n")
-	}
-	c.bw.WriteString("DATA\r\n")
-	if err := c.flush(); err != nil {
-		return nil, err
-	}
-	r, err := c.readReply(p.opts.CommandTimeout)
-	if err != nil {
-		return nil, err
-	}
-	if r.code == 421 {
-		return nil, r.err()
-	}
-	mailErr := error(nil)
-	if r.code != 250 {
-		mailErr = r.err()
-	}
-	for i := range env.Rcpts {
-		r, err := c.readReply(p.opts.CommandTimeout)
-		if err != nil {
-			return nil, err
-		}
-		if r.code != 250 && r.code != 251 {
-			tx.rejected[i] = r.err()
-			continue
-		}
-		tx.accepted++
-	}
-	r, err = c.readReply(p.opts.CommandTimeout)
-	if err != nil {
-		return nil, err
-	}
-	if mailErr != nil {
-		return nil, mailErr
-	}
-	switch {
-	case r.code == 354 && tx.accepted > 0:
-		tx.data = &dotWriter{c: c, timeout: p.opts.CommandTimeout, bol: true}
-	case r.code == 354:
-		// DATA accepted without a recipient: a peer breaking RFC 2920.
-		return nil, fmt.Errorf("%w: DATA accepted with no recipient", errProtocol)
-	case tx.accepted > 0:
-		tx.dataRefused(r.err())
-	}
-	return tx, nil
-}
-
-// dataRefused records a refused DATA: the recipients taken at RCPT all
-// share that answer, and no message follows.
-func (tx *poolTx) dataRefused(err error) {
-	for i := range tx.rejected {
-		if tx.rejected[i] == nil {
-			tx.rejected[i] = err
-		}
-	}
-	tx.accepted = 0
-}
-
-// startLockstep is the same dialogue one command at a time, for peers
-// without PIPELINING.
-func (p *Pool) startLockstep(tx *poolTx, mail string) error {
-	c := tx.pc.c
-	r, err := c.command(mail)
-	if err != nil {
-		return err
-	}
-	if r.code != 250 {
-		return r.err()
-	}
-	for i, rcpt := range tx.rcpts {
-		r, err := c.command("RCPT TO:<" + rcpt + ">")
-		if err != nil {
-			return err
-		}
-		if r.code != 250 && r.code != 251 {
-			tx.rejected[i] = r.err()
-			continue
-		}
-		tx.accepted++
-	}
-	if tx.accepted == 0 {
-		return nil
-	}
-	r, err = c.command("DATA")
-	if err != nil {
-		return err
-	}
-	if r.code != 354 {
-		tx.dataRefused(r.err())
-		return nil
-	}
-	tx.data = &dotWriter{c: c, timeout: p.opts.CommandTimeout, bol: true}
-	return nil
-}
-
-// peerGone reports whether err looks like a connection the peer had already
-// dropped, as opposed to an answer about this transaction.
-func peerGone(err error) bool {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		return se.Code == 421
-	}
-	return true
-}
-
-// outboundError classifies an error met on the way out: replies pass
-// through as they are, anything else is a connection failure.
-func outboundError(stage string, err error) error {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		if se.Code == 421 {
-			return fmt.Errorf("%s: %w: %w", stage, ErrConnection, se)
-		}
-		return se
-	}
-	return fmt.Errorf("%s: %w: %w", stage, ErrConnection, err)
-}
-
-type poolTx struct {
-	p        *Pool
-	pc       *poolConn
-	rcpts    []string
-	rejected []error
-	accepted int
-	data     *dotWriter // nil when no recipient was accepted
-	err      error      // sticky
-	done     bool
-}
-
-func (tx *poolTx) Rejected() []error { return tx.rejected }
-
-func (tx *poolTx) Write(b []byte) (int, error) {
-	if tx.err != nil {
-		return 0, tx.err
-	}
-	if tx.data == nil {
-		// Nothing to send to; swallow the bytes so the caller need not care.
-		return len(b), nil
-	}
-	if _, err := tx.data.Write(b); err != nil {
-		tx.err = fmt.Errorf("writing message data: %w: %w", ErrConnection, err)
-		return 0, tx.err
-	}
-	return len(b), nil
-}
-
-func (tx *poolTx) Commit() []error {
-	if tx.done {
-		return allErr(len(tx.rcpts), ErrAborted)
-	}
-	tx.done = true
-	if tx.data == nil {
-		tx.resetAndPut()
-		return tx.rejected
-	}
-	if tx.err == nil {
-		if err := tx.data.end(); err != nil {
-			tx.err = fmt.Errorf("ending message data: %w: %w", ErrConnection, err)
-		}
-	}
-	if tx.err != nil {
-		tx.p.discard(tx.pc)
-		return tx.merge(func(int) error { return tx.err })
-	}
-	// LMTP: one reply per accepted recipient, in RCPT order (RFC 2033
-	// §4.2); SMTP: one for the transaction.
-	n := 1
-	if tx.p.opts.LMTP {
-		n = tx.accepted
-	}
-	replies := make([]error, 0, n)
-	var lost error
-	for range n {
-		r, err := tx.pc.c.readReply(tx.p.opts.DataTimeout)
-		if err != nil {
-			// The fate of this and later recipients is unknown: a
-			// temporary failure, so Postfix retries. The peer may have
-			// delivered; a duplicate is better than a loss.
-			lost = fmt.Errorf("reading replies after data: %w: %w", ErrConnection, err)
-			break
-		}
-		if r.code == 250 || r.code == 251 {
-			replies = append(replies, nil)
-		} else {
-			replies = append(replies, r.err())
-		}
-	}
-	if lost != nil {
-		tx.p.discard(tx.pc)
-	} else {
-		tx.p.put(tx.pc, true)
-	}
-	return tx.merge(func(k int) error {
-		if !tx.p.opts.LMTP {
-			k = 0
-		}
-		if k < len(replies) {
-			return replies[k]
-		}
-		return lost
-	})
-}
-
-// merge builds the result: RCPT-time refusals, then each accepted
-// recipient's outcome by its position among the accepted.
-func (tx *poolTx) merge(outcome func(k int) error) []error {
-	out := make([]error, len(tx.rcpts))
-	k := 0
-	for i := range tx.rcpts {
-		if tx.rejected[i] != nil {
-			out[i] = tx.rejected[i]
-			continue
-		}
-		out[i] = outcome(k)
-		k++
-	}
-	return out
-}
-
-func (tx *poolTx) resetAndPut() {
-	// No message went out: RSET puts the session back in a known state.
-	r, err := tx.pc.c.command("RSET")
-	tx.p.put(tx.pc, err == nil && r.code == 250)
-}
-
-func (tx *poolTx) Abort() {
-	if tx.done {
-		return
-	}
-	tx.done = true
-	if tx.data == nil && tx.err == nil {
-		tx.resetAndPut()
-		return
-	}
-	// Mid-DATA there is no way to take the message back except dropping the
-	// connection before the final dot: the peer then discards it.
-	tx.p.discard(tx.pc)
-}
-
-// String names the pool in logs.
-func (p *Pool) String() string {
-	proto := "smtp"
-	if p.opts.LMTP {
-		proto = "lmtp"
-	}
-	return proto + ":" + strings.TrimPrefix(p.opts.Network+":", "tcp:") + p.opts.Addr
-}
-
-// Verify asks the next hop about one recipient: MAIL, RCPT and RSET, in one
-// round trip where pipelining allows. No message is sent.
-func (p *Pool) Verify(ctx context.Context, from, rcpt string) error {
-	if err := checkEnvelope(Envelope{From: from, Rcpts: []string{rcpt}}); err != nil {
-		return err
-	}
-	for attempt := 0; ; attempt++ {
-		pc, err := p.get(ctx)
-		if err != nil {
-			return err
-		}
-		rej, clean, err := p.verify(pc, from, rcpt)
-		if err == nil {
-			p.put(pc, clean)
-			return rej
-		}
-		p.discard(pc)
-		if pc.reused && attempt == 0 && peerGone(err) {
-			continue
-		}
-		return outboundError("verify", err)
-	}
-}
-
-func (p *Pool) verify(pc *poolConn, from, rcpt string) (rej error, clean bool, err error) {
-	c := pc.c
-	cmds := []string{"MAIL FROM:<" + from + ">", "RCPT TO:<" + rcpt + ">", "RSET"}
-	replies := make([]reply, 0, len(cmds))
-	if c.has("PIPELINING") {
-		for _, cmd := range cmds {
-			c.bw.WriteString(cmd + "\r\n")
-		}
-		if err := c.flush(); err != nil {
-			return nil, false, err
-		}
-		for range cmds {
-			r, err := c.readReply(p.opts.CommandTimeout)
-			if err != nil {
-				return nil, false, err
-			}
-			replies = append(replies, r)
-		}
-	} else {
-		for _, cmd := range cmds {
-			r, err := c.command(cmd)
-			if err != nil {
-				return nil, false, err
-			}
-			replies = append(replies, r)
-		}
-	}
-	if replies[0].code == 421 {
-		return nil, false, replies[0].err()
-	}
-	switch {
-	case replies[0].code != 250:
-		rej = replies[0].err()
-	case replies[1].code != 250 && replies[1].code != 251:
-		rej = replies[1].err()
-	}
-	return rej, replies[2].code == 250, nil
+	pc.created = time.Now()
+	pc.used = pc.created
+	return pc, nil
 }
