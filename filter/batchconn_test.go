@@ -2,6 +2,7 @@ package filter
 
 import (
 	"bytes"
+	"github.com/smimefilter/smimefilter/server"
 	"io"
 	"net"
 	"strconv"
@@ -130,7 +131,7 @@ func TestPipelinedRepliesLeaveTogether(t *testing.T) {
 // idle timeout comes before the close.
 func TestHeldReplyFlushedOnClose(t *testing.T) {
 	f := startFakeLMTP(t)
-	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{ReadTimeout: 200 * time.Millisecond}})
+	rf := startFilter(t, f.path, filterOpts{server: server.Options{ReadTimeout: 200 * time.Millisecond}})
 	c, readOnce := dialRaw(t, rf.path)
 	readOnce() // greeting
 	var all bytes.Buffer

@@ -19,6 +19,7 @@ import (
 
 	"github.com/smimefilter/smimefilter/deliver"
 	"github.com/smimefilter/smimefilter/recipients"
+	"github.com/smimefilter/smimefilter/server"
 )
 
 // fakeLMTP is an LMTP server standing in for Dovecot: it answers each
@@ -28,6 +29,7 @@ type fakeLMTP struct {
 	path   string
 	srv    *smtp.Server
 	dials  atomic.Int64
+	closed atomic.Int64            // connections the fake closed or saw closed
 	answer func(rcpt string) error // at DATA; nil error = 250
 
 	rcptAnswer func(rcpt string) error // at RCPT
@@ -61,7 +63,7 @@ func startFakeLMTP(t testing.TB, configure ...func(*smtp.Server)) *fakeLMTP {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go f.srv.Serve(&countingListener{Listener: l, n: &f.dials})
+	go f.srv.Serve(&countingListener{Listener: l, n: &f.dials, closed: &f.closed})
 	t.Cleanup(func() { f.srv.Close() })
 	return f
 }
@@ -74,15 +76,27 @@ func (f *fakeLMTP) messages() []fakeMsg {
 
 type countingListener struct {
 	net.Listener
-	n *atomic.Int64
+	n, closed *atomic.Int64
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err == nil {
-		l.n.Add(1)
+	if err != nil {
+		return nil, err
 	}
-	return c, err
+	l.n.Add(1)
+	return &closeCounter{Conn: c, n: l.closed}, nil
+}
+
+type closeCounter struct {
+	net.Conn
+	once sync.Once
+	n    *atomic.Int64
+}
+
+func (c *closeCounter) Close() error {
+	c.once.Do(func() { c.n.Add(1) })
+	return c.Conn.Close()
 }
 
 type fakeSession struct {
@@ -148,7 +162,7 @@ func (l testLog) Println(v ...any)               { l.t.Log(v...) }
 // filterOpts is what a test may change about the daemon under test.
 type filterOpts struct {
 	cfg    Config
-	server ServerOptions
+	server server.Options
 	pool   deliver.PoolOptions
 	// wrap, if set, wraps the filter's listening socket (to watch what
 	// crosses it).
@@ -157,7 +171,7 @@ type filterOpts struct {
 
 type runningFilter struct {
 	path string
-	srv  *Server
+	srv  *server.Server
 	be   *Backend
 	pool *deliver.Pool
 	logs *lockedBuffer
@@ -189,7 +203,10 @@ func startFilter(t testing.TB, lmtpPath string, o filterOpts) *runningFilter {
 	if o.server.Hostname == "" {
 		o.server.Hostname = "filter.test"
 	}
-	rf.srv = NewServer(rf.be, o.server)
+	if o.server.Logger == nil {
+		o.server.Logger = o.cfg.Logger
+	}
+	rf.srv = server.New(rf.be, o.server)
 	l, err := net.Listen("unix", rf.path)
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/smimefilter/smimefilter/deliver"
 	"github.com/smimefilter/smimefilter/recipients"
+	"github.com/smimefilter/smimefilter/server"
 )
 
 func TestPerRecipientStatusFromBackend(t *testing.T) {
@@ -133,26 +136,31 @@ func TestPoolReusesConnections(t *testing.T) {
 
 func TestPoolExhaustedIsTemporary(t *testing.T) {
 	f := startFakeLMTP(t)
+	// The backend holds the first delivery until released.
+	release := make(chan struct{})
+	f.answer = func(rcpt string) error {
+		if rcpt == "a@example.org" {
+			<-release
+		}
+		return nil
+	}
 	// One outbound connection: a second transaction cannot get one while
-	// the first streams its body, and must fail over in bounded time, not
-	// wait for ever.
+	// the first is delivered, and must fail over in bounded time, not wait
+	// for ever.
 	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxConns: 1, MaxIdle: 1, DialTimeout: 300 * time.Millisecond}})
-	c1, cmd := rawSession(t, rf.path)
-	startData(t, cmd)
-	// More than the 32 KiB read ahead (go-smtp's reader fills the whole
-	// buffer before returning), so that the copy has begun.
-	io.WriteString(c1, "Subject: first\r\n\r\n"+strings.Repeat("still streaming\r\n", 5000))
-	waitFor(t, "the first copy to hold the connection", 5*time.Second, func() bool { return rf.pool.Stats().Open == 1 })
+	first := make(chan map[string]result, 1)
+	go func() {
+		first <- send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org"}, msg("first", "x\r\n"))
+	}()
+	waitFor(t, "the first copy to hold the connection", 5*time.Second, func() bool { return rf.pool.Stats().Open == 1 && rf.pool.Stats().Idle == 0 })
 
 	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"b@example.org"}, msg("second", "x\r\n"))
 	if g := got["b@example.org"]; g.code != 451 || g.enh != (smtp.EnhancedCode{4, 4, 1}) {
 		t.Errorf("no free connection: got %v, want 451 4.4.1", g)
 	}
-	io.WriteString(c1, ".\r\n")
-	c1.SetReadDeadline(time.Now().Add(5 * time.Second))
-	b := make([]byte, 256)
-	if n, _ := c1.Read(b); !strings.HasPrefix(string(b[:n]), "250") {
-		t.Errorf("first transaction: %q, want 250", b[:n])
+	close(release)
+	if g := (<-first)["a@example.org"]; g.code != 250 {
+		t.Errorf("first transaction: %v, want 250", g)
 	}
 }
 
@@ -176,7 +184,7 @@ func TestBackendClosingIdleConnection(t *testing.T) {
 	if got := send(t, cl, "s@example.net", []string{"a@example.org"}, msg("first", "x\r\n")); got["a@example.org"].code != 250 {
 		t.Fatalf("first: %v", got)
 	}
-	time.Sleep(time.Second) // let the backend time the idle connection out (150ms), with room for a loaded machine
+	waitFor(t, "the backend to close the idle connection", 10*time.Second, func() bool { return f.closed.Load() == 1 })
 	if got := send(t, cl, "s@example.net", []string{"a@example.org"}, msg("second", "x\r\n")); got["a@example.org"].code != 250 {
 		t.Fatalf("after the backend closed the idle connection: %v, want 250", got)
 	}
@@ -261,7 +269,7 @@ func TestMaildirUnwritableIsTemporary(t *testing.T) {
 
 func TestMessageSizeLimit(t *testing.T) {
 	f := startFakeLMTP(t)
-	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxMessageBytes: 10000}})
+	rf := startFilter(t, f.path, filterOpts{server: server.Options{MaxMessageBytes: 10000}})
 	cl := lmtpClient(t, rf.path)
 	// Declared too big: refused at MAIL.
 	err := cl.Mail("s@example.net", &smtp.MailOptions{Size: 20000})
@@ -287,7 +295,7 @@ func TestMessageSizeLimit(t *testing.T) {
 
 func TestRecipientLimit(t *testing.T) {
 	f := startFakeLMTP(t)
-	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxRecipients: 2}})
+	rf := startFilter(t, f.path, filterOpts{server: server.Options{MaxRecipients: 2}})
 	got := send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org", "b@example.org", "c@example.org"}, msg("lim", "x\r\n"))
 	if got["c@example.org"].code != 452 || got["c@example.org"].enh != (smtp.EnhancedCode{4, 5, 3}) {
 		t.Errorf("third recipient: got %v, want 452 4.5.3", got["c@example.org"])
@@ -299,7 +307,7 @@ func TestRecipientLimit(t *testing.T) {
 
 func TestOverlongLine(t *testing.T) {
 	f := startFakeLMTP(t)
-	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxLineLength: 1000}})
+	rf := startFilter(t, f.path, filterOpts{server: server.Options{MaxLineLength: 1000}})
 	c, cmd := rawSession(t, rf.path)
 	startData(t, cmd)
 	// The daemon answers as soon as the line is too long and closes, so
@@ -394,9 +402,7 @@ func TestClientGoneMidData(t *testing.T) {
 		t.Fatalf("after a client vanished: %v", got)
 	}
 	waitFor(t, "the aborted transaction to end", 5*time.Second, func() bool {
-		rf.be.mu.Lock()
-		defer rf.be.mu.Unlock()
-		return rf.be.active == 0
+		return strings.Contains(rf.logs.String(), "rcpt=a@example.org")
 	})
 	for _, m := range f.messages() {
 		if bytes.Contains(m.data, []byte("half a mess")) {
@@ -430,15 +436,15 @@ func TestGarbageCommands(t *testing.T) {
 
 func TestReadTimeout(t *testing.T) {
 	f := startFakeLMTP(t)
-	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{ReadTimeout: 200 * time.Millisecond}})
+	rf := startFilter(t, f.path, filterOpts{server: server.Options{ReadTimeout: 200 * time.Millisecond}})
 	c, cmd := rawSession(t, rf.path)
 	startData(t, cmd)
 	io.WriteString(c, "Subject: stalled\r\n\r\nand then nothing")
 	// A client that stalls mid-DATA is cut off; nothing is delivered.
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	b, err := io.ReadAll(c)
-	if err != nil || strings.Contains(string(b), "250") {
-		t.Errorf("stalled client got %q (%v), want the connection closed without a 250", b, err)
+	if codes := replyCodes(string(b)); err != nil || slices.ContainsFunc(codes, func(c int) bool { return c < 400 }) {
+		t.Errorf("stalled client got %q (%v), want the connection closed with no success reply", b, err)
 	}
 	// An idle connection is closed with 421.
 	_, cmd2 := rawSession(t, rf.path)
@@ -447,18 +453,31 @@ func TestReadTimeout(t *testing.T) {
 		t.Errorf("idle connection: got %q after %v, want 421 4.4.2 after the read timeout", got, time.Since(start))
 	}
 	waitFor(t, "the stalled transaction to end", 5*time.Second, func() bool {
-		rf.be.mu.Lock()
-		defer rf.be.mu.Unlock()
-		return rf.be.active == 0
+		return strings.Contains(rf.logs.String(), "rcpt=a@example.org")
 	})
 	if len(f.messages()) != 0 {
 		t.Error("a stalled message was delivered")
 	}
 }
 
+// replyCodes returns the code of every final reply line in a server's
+// output (a multi-line reply counts once): tests assert on codes, never on
+// substrings, which a connection id in a reply text could contain.
+func replyCodes(out string) []int {
+	var codes []int
+	for _, line := range strings.Split(out, "\r\n") {
+		if len(line) >= 4 && line[3] == ' ' {
+			if n, err := strconv.Atoi(line[:3]); err == nil {
+				codes = append(codes, n)
+			}
+		}
+	}
+	return codes
+}
+
 func TestMaxConnections(t *testing.T) {
 	f := startFakeLMTP(t)
-	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxConnections: 2}})
+	rf := startFilter(t, f.path, filterOpts{server: server.Options{MaxConnections: 2}})
 	lmtpClient(t, rf.path)
 	lmtpClient(t, rf.path)
 	c, err := net.Dial("unix", rf.path)
@@ -480,10 +499,6 @@ func TestShutdownFinishesTransactionInFlight(t *testing.T) {
 	startData(t, cmd)
 	io.WriteString(c, "Subject: inflight\r\n\r\nfirst half\r\n")
 
-	// An idle cached connection, as Postfix keeps them.
-	idle := lmtpClient(t, rf.path)
-	idle.Noop()
-
 	stopped := make(chan struct{})
 	go func() { rf.srv.Shutdown(10 * time.Second); close(stopped) }()
 	waitFor(t, "the listener to close", 5*time.Second, func() bool {
@@ -500,10 +515,11 @@ func TestShutdownFinishesTransactionInFlight(t *testing.T) {
 	}
 	io.WriteString(c, "second half\r\n.\r\n")
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	b := make([]byte, 512)
-	n, _ := c.Read(b)
-	if !strings.HasPrefix(string(b[:n]), "250") {
-		t.Fatalf("in-flight transaction got %q, want 250", b[:n])
+	b, _ := io.ReadAll(c)
+	// The transaction's reply, then 421 and the end of the connection: it
+	// carries no transaction any more.
+	if codes := replyCodes(string(b)); !slices.Equal(codes, []int{250, 421}) {
+		t.Fatalf("in-flight transaction got %q, want 250 then 421", b)
 	}
 	select {
 	case <-stopped:
@@ -515,45 +531,115 @@ func TestShutdownFinishesTransactionInFlight(t *testing.T) {
 	}
 }
 
+// TestShutdownHangsUpIdleConnections: connections without a transaction
+// (after LHLO, between transactions: Postfix's cached ones) get 421 4.3.2
+// and are closed at once, not after the grace period.
+func TestShutdownHangsUpIdleConnections(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	afterLHLO, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	betweenTx := lmtpClient(t, rf.path)
+	if got := send(t, betweenTx, "s@example.net", []string{"a@example.org"}, msg("one", "x\r\n")); got["a@example.org"].code != 250 {
+		t.Fatal(got)
+	}
+	start := time.Now()
+	stopped := make(chan struct{})
+	go func() { rf.srv.Shutdown(time.Minute); close(stopped) }()
+	afterLHLO.SetReadDeadline(time.Now().Add(20 * time.Second))
+	b, err := io.ReadAll(afterLHLO)
+	if codes := replyCodes(string(b)); err != nil || !slices.Equal(codes, []int{421}) || !strings.HasPrefix(string(b), "421 4.3.2") {
+		t.Errorf("idle connection got %q (%v), want 421 4.3.2 and the end of the connection", b, err)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(20 * time.Second):
+		t.Fatal("shutdown waited for idle connections")
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("shutdown with only idle connections took %v", d)
+	}
+	if err := betweenTx.Noop(); err == nil {
+		t.Error("a connection between transactions is still served after shutdown")
+	}
+}
+
+// TestShutdownGraceExpires: when the grace period ends, a connection still
+// in a transaction is closed by the server (not by the client's own
+// timeout), nothing is delivered, and no success reply is sent.
 func TestShutdownGraceExpires(t *testing.T) {
 	f := startFakeLMTP(t)
 	rf := startFilter(t, f.path, filterOpts{})
 	c, cmd := rawSession(t, rf.path)
 	startData(t, cmd)
 	io.WriteString(c, "Subject: stuck\r\n\r\nnever finished\r\n")
+	start := time.Now()
 	rf.srv.Shutdown(200 * time.Millisecond)
-	// The client must not get a 250, and nothing may be delivered.
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	b, _ := io.ReadAll(c)
-	if strings.Contains(string(b), "250") {
-		t.Errorf("got %q after the grace period, want no 250", b)
+	// The connection is closed by now: the read ends at once, long before
+	// its own deadline.
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Errorf("reading after the grace period: %v, want the connection closed by the server", err)
 	}
-	time.Sleep(50 * time.Millisecond)
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("connection closed %v after shutdown began, want about the grace period", d)
+	}
+	if codes := replyCodes(string(b)); slices.ContainsFunc(codes, func(c int) bool { return c < 400 }) {
+		t.Errorf("got %q after the grace period, want no success reply", b)
+	}
+	// Shutdown returned: every connection's goroutine is done.
 	if len(f.messages()) != 0 {
 		t.Errorf("a message cut by shutdown was delivered")
 	}
 }
 
-func TestNewTransactionDuringShutdownIsRefused(t *testing.T) {
+// TestShutdownHangsUpAfterTransaction: a connection in a transaction when
+// shutdown begins may finish it; its next command is refused with 421 and
+// the connection ends, and the shutdown does not wait for it.
+func TestShutdownHangsUpAfterTransaction(t *testing.T) {
 	f := startFakeLMTP(t)
 	rf := startFilter(t, f.path, filterOpts{})
 	c1, cmd := rawSession(t, rf.path)
 	cmd("LHLO postfix.test\r\n")
 	cmd("MAIL FROM:<s@example.net>\r\n") // holds the shutdown open
-	_, cmd2 := rawSession(t, rf.path)
-	cmd2("LHLO postfix.test\r\n")
 	stopped := make(chan struct{})
 	go func() { rf.srv.Shutdown(30 * time.Second); close(stopped) }()
-	waitFor(t, "shutdown to start", 5*time.Second, func() bool { return rf.be.stopping.Load() })
-	if got := cmd2("MAIL FROM:<s@example.net>\r\n"); !strings.HasPrefix(got, "421") {
-		t.Errorf("MAIL during shutdown: got %q, want 421", got)
+	waitFor(t, "the listener to close", 5*time.Second, func() bool {
+		c, err := net.Dial("unix", rf.path)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	io.WriteString(c1, "RSET\r\nMAIL FROM:<s@example.net>\r\n")
+	c1.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, _ := io.ReadAll(c1)
+	if codes := replyCodes(string(b)); !slices.Equal(codes, []int{250, 421}) {
+		t.Errorf("RSET, MAIL during shutdown: got %q, want 250 then 421 and the end", b)
 	}
-	// The client holding a transaction goes away before DATA: the shutdown
-	// must not wait for it until the grace period ends.
-	c1.Close()
 	select {
 	case <-stopped:
 	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown still waits after the last transaction ended")
+	}
+}
+
+// TestShutdownClientGoneBeforeData: a client holding a transaction goes
+// away before DATA: the shutdown does not wait for it until the grace
+// period ends.
+func TestShutdownClientGoneBeforeData(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	c1, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	cmd("MAIL FROM:<s@example.net>\r\n")
+	stopped := make(chan struct{})
+	go func() { rf.srv.Shutdown(time.Minute); close(stopped) }()
+	c1.Close()
+	select {
+	case <-stopped:
+	case <-time.After(20 * time.Second):
 		t.Fatal("shutdown still waits for a transaction whose client is gone")
 	}
 }
@@ -589,7 +675,8 @@ func TestStatusMapping(t *testing.T) {
 		{"client gone", fmt.Errorf("%w: %w", ErrClientGone, io.ErrUnexpectedEOF), 451, smtp.EnhancedCode{4, 3, 0}},
 		{"canceled", context.Canceled, 451, smtp.EnhancedCode{4, 3, 0}},
 		{"encrypt", fmt.Errorf("%w: boom", ErrEncrypt), 451, smtp.EnhancedCode{4, 3, 0}},
-		{"too many copies", fmt.Errorf("r: %w", ErrTooManyCopies), 452, smtp.EnhancedCode{4, 5, 3}},
+		{"panic", fmt.Errorf("DATA: %w: boom", ErrPanic), 451, smtp.EnhancedCode{4, 3, 0}},
+		{"spool", fmt.Errorf("x: %w: %w", ErrSpool, syscall.EIO), 451, smtp.EnhancedCode{4, 3, 0}},
 		{"pool exhausted", fmt.Errorf("no free connection: %w", deliver.ErrUnreachable), 451, smtp.EnhancedCode{4, 4, 1}},
 	} {
 		se := Status(tc.err)
@@ -636,7 +723,7 @@ var _ sync.Locker = (*sync.Mutex)(nil)
 
 func TestLHLOCapabilities(t *testing.T) {
 	f := startFakeLMTP(t)
-	rf := startFilter(t, f.path, filterOpts{server: ServerOptions{MaxMessageBytes: 12345}})
+	rf := startFilter(t, f.path, filterOpts{server: server.Options{MaxMessageBytes: 12345}})
 	_, cmd := rawSession(t, rf.path)
 	got := cmd("LHLO postfix.test\r\n")
 	for _, want := range []string{"PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SIZE 12345", "SMTPUTF8"} {

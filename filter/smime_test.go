@@ -2,6 +2,7 @@ package filter
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,8 +14,10 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/smimefilter/smimefilter/certs"
+	"github.com/smimefilter/smimefilter/deliver"
 	"github.com/smimefilter/smimefilter/internal/smimetest"
 	"github.com/smimefilter/smimefilter/recipients"
+	"github.com/smimefilter/smimefilter/server"
 	"github.com/smimefilter/smimefilter/smime"
 )
 
@@ -98,7 +101,7 @@ func TestCorpusThroughDaemon(t *testing.T) {
 	rf := startFilter(t, f.path, filterOpts{cfg: Config{
 		Certs:  holder(t, certDir(t, alice, bob, carol)),
 		Policy: Policy{Default: Tempfail},
-	}, server: ServerOptions{MaxMessageBytes: 64 << 20}})
+	}, server: server.Options{MaxMessageBytes: 64 << 20}})
 	decAlice := smimetest.Decryptors(t, alice)
 	cl := lmtpClient(t, rf.path)
 	all := []*smimetest.Recipient{alice, bob, carol}
@@ -398,26 +401,55 @@ func TestStripDetail(t *testing.T) {
 	}
 }
 
-func TestMaxCopiesPerTransaction(t *testing.T) {
-	a := smimetest.NewRecipient(t, "a@example.org")
-	b := smimetest.NewRecipient(t, "b@example.org")
-	c := smimetest.NewRecipient(t, "c@example.org")
-	f := startFakeLMTP(t)
-	rf := startFilter(t, f.path, filterOpts{cfg: Config{Certs: holder(t, certDir(t, a, b, c)), MaxCopies: 2}})
-	cl := lmtpClient(t, rf.path)
-	got := send(t, cl, "s@example.net", []string{"a@example.org", "b@example.org", "c@example.org", "plain@example.org"}, msg("cp", "x\r\n"))
-	if got["a@example.org"].code != 250 || got["b@example.org"].code != 250 {
-		t.Errorf("first two copies: %v", got)
+// TestManyCertificateSetsOneTransaction: recipients with 20 different
+// certificates and one without are all delivered in the one transaction
+// (no 452 to make the client try again later), over no more outbound
+// connections than the pool allows; the message is encrypted once (every
+// copy carries the same IV and content) and each copy names only its own
+// recipient's certificate.
+func TestManyCertificateSetsOneTransaction(t *testing.T) {
+	const n = 20
+	var rs []*smimetest.Recipient
+	var addrs []string
+	for i := range n {
+		r := smimetest.NewRecipient(t, fmt.Sprintf("r%02d@example.org", i))
+		rs = append(rs, r)
+		addrs = append(addrs, r.Addr)
 	}
-	for _, r := range []string{"c@example.org", "plain@example.org"} {
-		if g := got[r]; g.code != 452 || g.enh != (smtp.EnhancedCode{4, 5, 3}) {
-			t.Errorf("%s, a third copy: got %v, want 452 4.5.3 (send it later)", r, g)
+	addrs = append(addrs, "plain@example.org")
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{
+		cfg:  Config{Certs: holder(t, certDir(t, rs...)), SpoolMemory: 4096, SpoolDir: t.TempDir()},
+		pool: deliver.PoolOptions{MaxConns: 2},
+	})
+	body := strings.Repeat("twenty copies, one encryption\r\n", 1000)
+	got := send(t, lmtpClient(t, rf.path), "s@example.net", addrs, msg("fan-out", body))
+	for _, a := range addrs {
+		if got[a].code != 250 {
+			t.Errorf("%s: got %v, want 250 in the first transaction", a, got[a])
 		}
 	}
-	// The client's next transaction carries them.
-	got = send(t, cl, "s@example.net", []string{"c@example.org", "plain@example.org"}, msg("cp2", "x\r\n"))
-	if got["c@example.org"].code != 250 || got["plain@example.org"].code != 250 {
-		t.Errorf("second transaction: %v", got)
+	if d := f.dials.Load(); d > 2 {
+		t.Errorf("the pool dialled %d connections, want at most 2", d)
+	}
+	var iv []byte
+	for _, r := range rs {
+		der := envelopeOf(t, copyFor(t, f, r.Addr), r)
+		env, err := smimetest.ParseEnvelope(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if iv != nil && !bytes.Equal(env.IV, iv) {
+			t.Errorf("%s: IV %x differs from the first copy's %x: the message was encrypted again", r.Addr, env.IV, iv)
+		}
+		iv = env.IV
+		plain, err := smimetest.DecryptOpenSSL(t, der, r.CertPEM, r.KeyPEM)
+		if err != nil || !bytes.HasSuffix(plain, []byte(body)) {
+			t.Errorf("%s: decrypted %d bytes (%v), want the body", r.Addr, len(plain), err)
+		}
+	}
+	if p := copyFor(t, f, "plain@example.org"); !bytes.HasSuffix(p, []byte(body)) || !bytes.HasPrefix(p, []byte(PlaintextHeader+": plaintext")) {
+		t.Errorf("plaintext copy: %.200q", p)
 	}
 }
 

@@ -25,26 +25,28 @@ var (
 	ErrClientGone = errors.New("client connection lost during DATA")
 	// ErrEncrypt: encryption failed for reasons of the daemon's own making.
 	ErrEncrypt = errors.New("encryption failed")
-	// ErrTooManyCopies: the recipient needs one copy more than a
-	// transaction may have; the client sends it again later.
-	ErrTooManyCopies = errors.New("too many distinct copies in one transaction")
+	// ErrSpool: the encrypted message could not be held until its copies
+	// were out (the spool directory is full or unwritable).
+	ErrSpool = errors.New("spooling the encrypted message failed")
+	// ErrPanic: a bug; the recipients concerned are deferred, the daemon
+	// goes on.
+	ErrPanic = errors.New("internal error")
 )
 
 // Reply codes, RFC 5321 §4.2 and enhanced codes, RFC 3463 / RFC 5248.
 var (
-	replyTempFail      = reply(451, 4, 3, 0, "Temporary local problem, try again later")
-	replyConfig        = reply(451, 4, 3, 5, "Recipient rewriting misconfigured, try again later")
-	replyUnreachable   = reply(451, 4, 4, 1, "Mail store unreachable, try again later")
-	replyConnection    = reply(451, 4, 4, 2, "Connection to mail store lost, try again later")
-	replyShutdown      = reply(421, 4, 3, 2, "Service shutting down, try again later")
-	replyNoCert        = reply(451, 4, 7, 0, "No usable S/MIME certificate for recipient, try again later")
-	replyPolicyReject  = reply(550, 5, 7, 1, "Recipient requires encryption and has no usable certificate")
-	replyTooBig        = reply(552, 5, 3, 4, "Message too big")
-	replyLineTooLong   = reply(500, 5, 6, 0, "Message line too long")
-	replyBadHeader     = reply(550, 5, 6, 0, "Malformed message header")
-	replyBadMailbox    = reply(550, 5, 1, 3, "Bad destination mailbox address")
-	replyMailboxFull   = reply(452, 4, 2, 2, "Mailbox full or no space left, try again later")
-	replyTooManyCopies = reply(452, 4, 5, 3, "Too many recipients with different certificates, send the rest in another transaction")
+	replyTempFail     = reply(451, 4, 3, 0, "Temporary local problem, try again later")
+	replyConfig       = reply(451, 4, 3, 5, "Recipient rewriting misconfigured, try again later")
+	replyUnreachable  = reply(451, 4, 4, 1, "Mail store unreachable, try again later")
+	replyConnection   = reply(451, 4, 4, 2, "Connection to mail store lost, try again later")
+	replyShutdown     = reply(421, 4, 3, 2, "Service shutting down, try again later")
+	replyNoCert       = reply(451, 4, 7, 0, "No usable S/MIME certificate for recipient, try again later")
+	replyPolicyReject = reply(550, 5, 7, 1, "Recipient requires encryption and has no usable certificate")
+	replyTooBig       = reply(552, 5, 3, 4, "Message too big")
+	replyLMTPOnly     = reply(502, 5, 5, 1, "This server speaks LMTP only")
+	replyLineTooLong  = reply(500, 5, 6, 0, "Message line too long")
+	replyBadMailbox   = reply(550, 5, 1, 3, "Bad destination mailbox address")
+	replyMailboxFull  = reply(452, 4, 2, 2, "Mailbox full or no space left, try again later")
 )
 
 func reply(code, class, subject, detail int, msg string) *smtp.SMTPError {
@@ -83,14 +85,10 @@ func Status(err error) *smtp.SMTPError {
 		return replyNoCert
 	case errors.Is(err, ErrPolicyReject):
 		return replyPolicyReject
-	case errors.Is(err, ErrTooManyCopies):
-		return replyTooManyCopies
 	case errors.Is(err, ErrLineTooLong), errors.Is(err, smtp.ErrTooLongLine):
 		return replyLineTooLong
 	case errors.Is(err, smime.ErrHeaderTooLarge):
 		return replyTooBig
-	case errors.Is(err, smime.ErrMalformedHeader):
-		return replyBadHeader
 	case errors.Is(err, deliver.ErrBadMailbox):
 		return replyBadMailbox
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):

@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -23,7 +24,9 @@ import (
 	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/deliver"
 	"github.com/smimefilter/smimefilter/filter"
+	"github.com/smimefilter/smimefilter/server"
 	"github.com/smimefilter/smimefilter/smime"
+	"github.com/smimefilter/smimefilter/spool"
 )
 
 // version is set at build time by packaging/build-deb.sh.
@@ -45,18 +48,27 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "run"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
+	if len(args) > 0 {
+		// What people type before they read the manual.
+		switch args[0] {
+		case "-h", "-help", "--help":
+			args[0] = "help"
+		case "-version", "--version":
+			args[0] = "version"
+		}
+		if !strings.HasPrefix(args[0], "-") {
+			cmd, args = args[0], args[1:]
+		}
 	}
 	switch cmd {
 	case "run":
-		return cmdRun(args, stderr)
+		return cmdRun(args, stdout, stderr)
 	case "check":
 		return cmdCheck(args, stdout, stderr)
 	case "demo":
 		return cmdDemo(args, stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "smimefilter", version)
+		fmt.Fprintln(stdout, "smimefilter", versionString())
 		return exitOK
 	case "help":
 		usage(stdout)
@@ -67,41 +79,83 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return exitConfig
 }
 
-func usage(w io.Writer) {
-	fmt.Fprint(w, `usage:
-  smimefilter [run] [-config FILE]   run the daemon (default config `+defaultConfigPath+`)
-  smimefilter check [-config FILE]   validate the config and certificates, print the effective settings
+const usageText = `smimefilter: S/MIME-encrypting LMTP filter between Postfix and Dovecot
+
+usage:
+  smimefilter [run] [-config FILE]   run the daemon
+  smimefilter check [-config FILE]   validate the configuration and the certificates,
+                                     print the effective settings; exit 2 on a problem
   smimefilter demo [-dir DIR] [-address HOST:PORT]
-                                     run with a generated demo certificate, delivering into a Maildir
-  smimefilter version
-`)
+                                     run on a generated demo certificate, delivering
+                                     into a Maildir under DIR (default ./smimefilter-demo,
+                                     address 127.0.0.1:10024); no Postfix or Dovecot needed
+  smimefilter version                print the version (also --version)
+  smimefilter help                   print this text (also -h, --help)
+
+  -config FILE   default ` + defaultConfigPath + `
+
+SIGTERM or SIGINT stop the daemon gracefully, SIGHUP reloads the certificates.
+See smimefilter(8) and smimefilter.toml(5).
+`
+
+func usage(w io.Writer) { fmt.Fprint(w, usageText) }
+
+// versionString is the version packaging/build-deb.sh set, else the one
+// the Go toolchain recorded (a tag for go install, a VCS pseudo-version for
+// a build from a checkout).
+func versionString() string {
+	if version != "dev" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return version
+}
+
+// parseFlags parses a command's flags. -h prints the usage on stdout and
+// is not an error; ok false means the caller returns code.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	fs.SetOutput(stderr)
+	fs.Usage = func() {} // the error alone; the usage follows below
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		usage(stdout)
+		return exitOK, false
+	case err != nil:
+		usage(stderr)
+		return exitConfig, false
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "smimefilter %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return exitConfig, false
+	}
+	return exitOK, true
 }
 
 // configFromArgs parses -config and loads that file, reporting any problem
-// on stderr; nil means the caller exits with exitConfig.
-func configFromArgs(name string, args []string, stderr io.Writer) *Config {
+// on stderr; nil means the caller returns code.
+func configFromArgs(name string, args []string, stdout, stderr io.Writer) (c *Config, code int) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	path := fs.String("config", defaultConfigPath, "configuration file")
-	if err := fs.Parse(args); err != nil {
-		return nil
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "smimefilter %s: unexpected argument %q\n", name, fs.Arg(0))
-		return nil
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return nil, code
 	}
 	c, err := loadConfig(*path)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return nil
+		return nil, exitConfig
 	}
-	return c
+	return c, exitOK
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	c := configFromArgs("check", args, stderr)
+	c, code := configFromArgs("check", args, stdout, stderr)
 	if c == nil {
-		return exitConfig
+		return code
+	}
+	for _, n := range c.notes {
+		fmt.Fprintf(stderr, "%s:%s\n", c.path, n)
 	}
 	if err := c.printEffective(stdout); err != nil {
 		fmt.Fprintln(stderr, err)
@@ -161,10 +215,10 @@ func newLogger(c *Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func cmdRun(args []string, stderr io.Writer) int {
-	c := configFromArgs("run", args, stderr)
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	c, code := configFromArgs("run", args, stdout, stderr)
 	if c == nil {
-		return exitConfig
+		return code
 	}
 	return serve(c, stderr, nil)
 }
@@ -174,6 +228,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 	log := newLogger(c, stderr)
 	n := newNotifier(log)
+	c.logNotes(log)
 
 	var holder *certs.Holder
 	if c.Certs.Dir != "" {
@@ -197,6 +252,13 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 		defer reinject.Close()
 	}
 
+	spoolDir, err := spool.PrivateDir(c.spoolBase())
+	if err != nil {
+		log.Error("spool directory", "error", err)
+		return exitFailure
+	}
+	defer os.RemoveAll(spoolDir)
+
 	fcfg := filter.Config{
 		Rewriter:           c.rewriter,
 		LookupRewritten:    c.Certs.Lookup == "rewritten",
@@ -206,7 +268,8 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 		Deliver:            target,
 		Reinject:           reinject,
 		MaxHeaderBytes:     c.Limits.MaxHeaderSize,
-		MaxCopies:          c.Limits.MaxCopies,
+		SpoolDir:           spoolDir,
+		SpoolMemory:        c.Spool.Memory,
 		Logger:             log,
 	}
 	if holder != nil {
@@ -222,7 +285,7 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 		}
 	}
 	be := filter.NewBackend(fcfg)
-	srv := filter.NewServer(be, filter.ServerOptions{
+	srv := server.New(be, server.Options{
 		Hostname:        c.Listen.Hostname,
 		MaxMessageBytes: c.Limits.MaxMessageSize,
 		MaxRecipients:   c.Limits.MaxRecipients,
@@ -230,6 +293,7 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 		MaxConnections:  c.Listen.MaxConnections,
 		ReadTimeout:     c.Listen.ReadTimeout.Duration,
 		WriteTimeout:    c.Listen.WriteTimeout.Duration,
+		Logger:          log,
 	})
 
 	l, activated, err := listener(c)
@@ -248,8 +312,9 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 		go holder.Watch(ctx) // it retries on its own and returns only when ctx ends
 	}
 
+	wl := &watchedListener{Listener: l}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(l) }()
+	go func() { serveErr <- srv.Serve(wl) }()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -265,7 +330,7 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 			be.Stats.Connections.Load(), be.Stats.Delivered.Load(), be.Stats.Deferred.Load(), be.Stats.Rejected.Load())
 	}
 	n.ready(status())
-	stopWatchdog := n.watchdog(status)
+	stopWatchdog := n.watchdog(newSelfCheck(holder, log, wl).run, status)
 	defer stopWatchdog()
 
 	for {

@@ -215,7 +215,7 @@ func buildCorpus() ([]Message, error) {
 		addEncrypted(m[0], m[1])
 	}
 
-	armored := "-----BEGIN PGP MESSAGE-----\r\n\r\n" + base64Lines(randomBytes(rnd, 300)) + "=AbCd\r\n-----END PGP MESSAGE-----\r\n"
+	armored := armoredPGPMessage(rnd)
 	addEncrypted("pgp-mime", outerFields("PGP/MIME", "pgpmime")+
 		"MIME-Version: 1.0\r\n"+
 		"Content-Type: multipart/encrypted;\r\n"+
@@ -345,6 +345,31 @@ func buildEncrypted() ([][2]string, error) {
 		msg("smime-authenveloped", "application/pkcs7-mime; smime-type=authEnveloped-data; name=smime.p7m", authEnveloped),
 		msg("smime-authenveloped-no-smime-type", "application/pkcs7-mime; name=smime.p7m", authEnveloped),
 	}, nil
+}
+
+// armoredPGPMessage is an OpenPGP message as a client writes one, in its
+// structure (RFC 9580 §10.3): a v3 public-key encrypted session key packet
+// and a v1 SEIPD packet, their contents random, in ASCII armor with its
+// CRC-24 (§6.1). The daemon checks the structure before it lets a message
+// pass unencrypted; nobody needs to decrypt this one.
+func armoredPGPMessage(rnd *rand.Rand) string {
+	packet := func(tag byte, version byte, n int) []byte {
+		// New-format header with a one-octet length (RFC 9580 §4.2.1).
+		return append([]byte{0xc0 | tag, byte(n + 1), version}, randomBytes(rnd, n)...)
+	}
+	data := append(packet(1, 3, 140), packet(18, 1, 180)...)
+	crc := uint32(0xb704ce)
+	for _, b := range data {
+		crc ^= uint32(b) << 16
+		for range 8 {
+			crc <<= 1
+			if crc&0x1000000 != 0 {
+				crc ^= 0x1864cfb
+			}
+		}
+	}
+	sum := base64.StdEncoding.EncodeToString([]byte{byte(crc >> 16), byte(crc >> 8), byte(crc)})
+	return "-----BEGIN PGP MESSAGE-----\r\n\r\n" + base64Lines(data) + "=" + sum + "\r\n-----END PGP MESSAGE-----\r\n"
 }
 
 func mustDefaultCA() *CA {

@@ -1,8 +1,10 @@
-package filter
+package server
 
 import (
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,10 +26,18 @@ import (
 // which would take 25 read(2) calls for a 100 KiB message. batchConn reads
 // up to 64 KiB at a time into a pooled buffer and hands it out from there;
 // the buffer goes back to the pool as soon as it is empty, so an idle
-// connection (Postfix caches them) holds none.
+// connection (Postfix caches them) holds none; it held message text, so it
+// is cleared first.
+//
+// At shutdown the server hangs up on connections that carry no
+// transaction: the next Read (or the one waiting) sends 421 and ends the
+// connection as if the client had left (see hangUp).
 type batchConn struct {
 	net.Conn
 	writeTimeout time.Duration
+
+	hangingUp atomic.Bool
+	said421   atomic.Bool // the 421 already went out as a reply
 
 	mu  sync.Mutex // Shutdown may Close while the connection's goroutine writes
 	buf []byte
@@ -61,6 +71,9 @@ func (c *batchConn) Write(p []byte) (int, error) {
 }
 
 func (c *batchConn) Read(p []byte) (int, error) {
+	if c.hangingUp.Load() {
+		return 0, c.sayGoodbye()
+	}
 	if c.rbuf != nil {
 		return c.readBuffered(p), nil
 	}
@@ -74,6 +87,9 @@ func (c *batchConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(*b)
 	if n == 0 {
 		readBuffers.Put(b)
+		if c.hangingUp.Load() {
+			return 0, c.sayGoodbye()
+		}
 		return 0, err
 	}
 	c.rbuf, c.rpos = b, 0
@@ -88,11 +104,61 @@ func (c *batchConn) readBuffered(p []byte) int {
 	n := copy(p, b[c.rpos:])
 	c.rpos += n
 	if c.rpos == len(b) {
+		clear(b)
 		*c.rbuf = b[:cap(b)]
 		readBuffers.Put(c.rbuf)
 		c.rbuf = nil
 	}
 	return n
+}
+
+// replyShutdown is what a connection hung up on at shutdown is told
+// (RFC 5321 §3.8: 421 before closing).
+const replyShutdown = "421 4.3.2 Service shutting down, try again later\r\n"
+
+// hangUp makes the connection end at its next read, or at once if it is
+// waiting for the client: 421, then EOF to go-smtp, which closes it. What
+// the client had already sent (a pipelined next transaction) is not
+// served. Replies held back still go first.
+func (c *batchConn) hangUp() {
+	c.hangingUp.Store(true)
+	c.Conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// SetReadDeadline keeps a hang-up's deadline: go-smtp sets its own before
+// every command, which would otherwise put the wait back.
+func (c *batchConn) SetReadDeadline(t time.Time) error {
+	if c.hangingUp.Load() {
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// hangUpAfterReply is hangUp for a connection whose last reply already
+// said 421 (a MAIL refused because the server is stopping).
+func (c *batchConn) hangUpAfterReply() {
+	c.said421.Store(true)
+	c.hangUp()
+}
+
+func (c *batchConn) sayGoodbye() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		if !c.said421.Load() {
+			c.buf = append(c.buf, replyShutdown...)
+		}
+		if err := c.flushLocked(time.Second); err != nil {
+			return err
+		}
+		c.err = io.EOF
+	}
+	if c.rbuf != nil {
+		clear(*c.rbuf)
+		readBuffers.Put(c.rbuf)
+		c.rbuf = nil
+	}
+	return io.EOF
 }
 
 // Close sends what is held back, waiting at most a second: a client that

@@ -1,0 +1,315 @@
+package filter
+
+import (
+	"bufio"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smimefilter/smimefilter/deliver"
+	"github.com/smimefilter/smimefilter/encrypted"
+	"github.com/smimefilter/smimefilter/smime"
+	"github.com/smimefilter/smimefilter/spool"
+)
+
+// The DATA phase. The message is read once and encrypted once, into a
+// spool of ciphertext (smime.Seal, package spool), while a checker decides
+// whether it was already encrypted as a whole (package encrypted). Then the
+// copies go out one after another over the pool, each a separate
+// transaction: encrypted copies differ only in their RecipientInfos, and
+// unencrypted ones (plaintext policy, verified pass-through, re-injection)
+// are decrypted back from the spool with the key held in memory. So any
+// number of certificate sets fits in one transaction, the CPU cost of a
+// message hardly grows with its copies, memory is bounded by the spool's
+// memory limit whatever the size, and plaintext never touches the disk.
+
+// message is one received message, ready to make copies from.
+type message struct {
+	hdr   *smime.Header
+	seal  *smime.Seal
+	spool *spool.Spool
+	// pass: the body was verified to be encrypted as a whole, so it is
+	// stored as it came.
+	pass bool
+}
+
+func (m *message) close() {
+	m.seal.Destroy()
+	m.spool.Close()
+}
+
+// outCopy is one outbound transaction: recipients that get the very same
+// bytes (same action, same certificate set, same target).
+type outCopy struct {
+	target deliver.Target
+	action action
+	certs  []*x509.Certificate
+	fps    []string
+	rcpts  []*rcpt
+	addrs  []string // distinct rewritten addresses: the envelope
+	index  []int    // rcpts[i] is envelope recipient index[i]
+}
+
+const copyBufSize = 32 << 10
+
+// Read buffers are reused across messages and cleared before they go back:
+// they held plaintext.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// deliver runs the DATA phase and reports every recipient.
+func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
+	start := time.Now()
+	cr := &countingReader{r: r}
+	rcpts := s.rcpts
+	msg, err := s.receive(cr)
+	if err != nil {
+		se := s.reply(err)
+		for _, rc := range rcpts {
+			s.logOutcome(rc, se, cr.n, start, err)
+			report(rc, se)
+		}
+		return
+	}
+	defer msg.close()
+	for _, c := range s.copies(rcpts, msg.pass) {
+		results := s.send(c, msg)
+		for i, rc := range c.rcpts {
+			err := results[c.index[i]]
+			var se *smtp.SMTPError
+			if err != nil {
+				se = s.reply(err)
+			}
+			if c.action != rc.action {
+				rc.action = c.action // logged as what happened
+			}
+			s.logOutcome(rc, se, cr.n, start, err, "certs", c.fps)
+			report(rc, se)
+		}
+	}
+}
+
+// receive reads the whole message: the header, then the body into the seal
+// and the checker. Nothing is delivered if it does not arrive whole.
+func (s *session) receive(r io.Reader) (*message, error) {
+	// A small reader of its own per message, not pooled: it holds
+	// plaintext, and large reads pass through it unbuffered anyway.
+	br := bufio.NewReaderSize(r, 4096)
+	hdr, err := smime.ReadHeader(br, s.b.cfg.MaxHeaderBytes)
+	if err != nil {
+		drain(br)
+		return nil, fmt.Errorf("reading message header: %w", dataErr(err))
+	}
+	sp := spool.New(s.b.cfg.SpoolDir, int(s.b.cfg.SpoolMemory))
+	seal, err := smime.NewSeal(sp, hdr, s.b.cfg.SMIME)
+	if err != nil {
+		sp.Close()
+		drain(br)
+		return nil, fmt.Errorf("%w: %w", ErrEncrypt, err)
+	}
+	msg := &message{hdr: hdr, seal: seal, spool: sp}
+	var w io.Writer = seal
+	chk := encrypted.NewChecker(hdr.Get("Content-Type"), hdr.Get("Content-Transfer-Encoding"))
+	if chk != nil {
+		chk.Write(hdr.Lead())
+		w = io.MultiWriter(seal, chk)
+	}
+
+	bufp := copyBufs.Get().(*[]byte)
+	buf := *bufp
+	defer func() {
+		clear(buf)
+		copyBufs.Put(bufp)
+	}()
+	var werr, rerr error
+	for {
+		n, err := br.Read(buf)
+		if n > 0 && werr == nil {
+			// After a failed write the rest is still read, so that the
+			// client's next command is found where it should be.
+			_, werr = w.Write(buf[:n])
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			rerr = dataErr(err)
+			break
+		}
+	}
+	if werr == nil {
+		werr = seal.Close()
+	}
+	switch {
+	case rerr != nil:
+		// The message did not arrive whole: no copy may be delivered.
+		err = fmt.Errorf("reading message: %w", rerr)
+	case werr != nil:
+		err = fmt.Errorf("%w: %w", ErrSpool, werr)
+	}
+	if err != nil {
+		msg.close()
+		return nil, err
+	}
+	if chk != nil {
+		var why string
+		msg.pass, why = chk.Result()
+		if !msg.pass && claimsEncryption(hdr) {
+			s.log.Info("message claims to be encrypted but is not as a whole: encrypting it", "tx", s.txID(), "reason", why)
+		}
+	}
+	return msg, nil
+}
+
+// claimsEncryption: the header labels the message as encrypted, so a
+// failed check is worth a log line (plain text bodies are checked too, for
+// inline PGP, and fail silently).
+func claimsEncryption(h *smime.Header) bool {
+	mt, _, _ := strings.Cut(strings.ToLower(h.Get("Content-Type")), ";")
+	mt = strings.TrimSpace(mt)
+	return mt == "application/pkcs7-mime" || mt == "application/x-pkcs7-mime" || mt == "multipart/encrypted"
+}
+
+// drain reads what is left of a message that will not be delivered.
+func drain(r io.Reader) {
+	io.Copy(io.Discard, r)
+}
+
+// copies sorts recipients into outbound transactions, in the order they
+// first appear.
+func (s *session) copies(rcpts []*rcpt, pass bool) []*outCopy {
+	var out []*outCopy
+	byKey := map[string]*outCopy{}
+	for _, rc := range rcpts {
+		act := rc.action
+		if pass && (act == actEncrypt || act == actPlaintext) {
+			// Already encrypted by the sender, verified as a whole: stored
+			// as it is, readable only by its intended recipients anyway.
+			act = actPass
+		}
+		key := copyKey(act, rc.certs)
+		c := byKey[key]
+		if c == nil {
+			c = &outCopy{target: s.b.cfg.Deliver, action: act}
+			if act == actReinject {
+				c.target = s.b.cfg.Reinject
+			}
+			if act == actEncrypt {
+				for _, cert := range rc.certs {
+					c.fps = append(c.fps, cert.Fingerprint)
+					c.certs = append(c.certs, cert.Certificate)
+				}
+			}
+			byKey[key] = c
+			out = append(out, c)
+		}
+		// Two original addresses rewritten to one mailbox are one delivery.
+		idx := slices.Index(c.addrs, rc.rewritten)
+		if idx < 0 {
+			idx = len(c.addrs)
+			c.addrs = append(c.addrs, rc.rewritten)
+		}
+		c.rcpts = append(c.rcpts, rc)
+		c.index = append(c.index, idx)
+	}
+	return out
+}
+
+// send delivers one copy and returns each envelope recipient's outcome.
+func (s *session) send(c *outCopy, msg *message) []error {
+	ctx := s.ctx
+	if err := ctx.Err(); err != nil {
+		// The connection is gone or the daemon is stopping: nothing more
+		// goes out for this message.
+		return deliverErrs(len(c.addrs), fmt.Errorf("before delivery: %w", err))
+	}
+	env := deliver.Envelope{From: s.from, Rcpts: c.addrs, UTF8: s.opts.UTF8}
+	if c.action == actPass || c.action == actReinject {
+		env.Size = s.opts.Size
+	}
+	tx, err := c.target.Begin(ctx, env)
+	if err != nil {
+		return deliverErrs(len(c.addrs), err)
+	}
+	if err := writeCopy(tx, c, msg); err != nil {
+		tx.Abort()
+		// Refusals at RCPT stay what they were; the rest share the failure.
+		results := slices.Clone(tx.Rejected())
+		for i := range results {
+			if results[i] == nil {
+				results[i] = err
+			}
+		}
+		return results
+	}
+	return tx.Commit()
+}
+
+// writeCopy writes c's bytes to tx.
+func writeCopy(tx deliver.Tx, c *outCopy, msg *message) error {
+	if c.action == actEncrypt {
+		if err := msg.seal.WriteEnveloped(tx, msg.spool.Reader(), c.certs); err != nil {
+			return copyErr(err)
+		}
+		return nil
+	}
+	if c.action == actPlaintext {
+		if _, err := io.WriteString(tx, PlaintextHeader+": plaintext; reason=no-certificate\r\n"); err != nil {
+			return copyErr(err)
+		}
+	}
+	if _, err := msg.hdr.WriteTo(tx); err != nil {
+		return copyErr(err)
+	}
+	body, err := msg.seal.OpenBody(msg.spool.Reader())
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrEncrypt, err)
+	}
+	bufp := copyBufs.Get().(*[]byte)
+	defer func() {
+		clear(*bufp)
+		copyBufs.Put(bufp)
+	}()
+	if _, err := io.CopyBuffer(tx, body, *bufp); err != nil {
+		return copyErr(err)
+	}
+	return nil
+}
+
+func copyErr(err error) error { return fmt.Errorf("writing copy: %w", err) }
+
+func deliverErrs(n int, err error) []error {
+	out := make([]error, n)
+	for i := range out {
+		out[i] = err
+	}
+	return out
+}
+
+// dataErr names the ways reading DATA can fail.
+func dataErr(err error) error {
+	switch {
+	case errors.Is(err, smtp.ErrTooLongLine):
+		return fmt.Errorf("%w: %w", ErrLineTooLong, err)
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return fmt.Errorf("%w: %w", ErrClientGone, err)
+	}
+	return err
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,96 @@
+package filter
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/smimefilter/smimefilter/certs"
+	"github.com/smimefilter/smimefilter/deliver"
+)
+
+// panicTarget delivers through next, but panics when a copy is for boom@,
+// at the step named by when: a bug in the outbound path.
+type panicTarget struct {
+	next deliver.Target
+	when string // "begin" or "commit"
+}
+
+func (p *panicTarget) Begin(ctx context.Context, env deliver.Envelope) (deliver.Tx, error) {
+	boom := false
+	for _, r := range env.Rcpts {
+		boom = boom || strings.HasPrefix(r, "boom@")
+	}
+	if boom && p.when == "begin" {
+		panic("injected panic in Begin")
+	}
+	tx, err := p.next.Begin(ctx, env)
+	if err != nil || !boom {
+		return tx, err
+	}
+	return panicTx{tx}, nil
+}
+
+func (p *panicTarget) Close() error { return p.next.Close() }
+
+type panicTx struct{ deliver.Tx }
+
+func (panicTx) Commit() []error { panic("injected panic in Commit") }
+
+// panicCerts panics when asked for the store: a bug at RCPT time.
+type panicCerts struct{}
+
+func (panicCerts) Current() *certs.Store { panic("injected panic in the certificate store") }
+
+// TestPanicStaysInItsSession: a panic while a copy goes out is recovered
+// and logged with its stack; the recipients it concerns get 451 4.3.0,
+// those already delivered keep their 250, and the daemon keeps serving.
+func TestPanicStaysInItsSession(t *testing.T) {
+	for _, when := range []string{"begin", "commit"} {
+		t.Run(when, func(t *testing.T) {
+			f := startFakeLMTP(t)
+			pool := deliver.NewPool(deliver.PoolOptions{Network: "unix", Addr: f.path, LMTP: true, LocalName: "filter.test"})
+			t.Cleanup(func() { pool.Close() })
+			rf := startFilter(t, f.path, filterOpts{cfg: Config{Deliver: &panicTarget{next: pool, when: when}}})
+			cl := lmtpClient(t, rf.path)
+			got := send(t, cl, "s@example.net", []string{"ok@example.org"}, msg("before", "x\r\n"))
+			if got["ok@example.org"].code != 250 {
+				t.Fatalf("before the panic: %v", got)
+			}
+			got = send(t, cl, "s@example.net", []string{"boom@example.org"}, msg("panic", "x\r\n"))
+			if g := got["boom@example.org"]; g.code != 451 || g.enh != (smtp.EnhancedCode{4, 3, 0}) {
+				t.Errorf("recipient whose copy panicked: got %v, want 451 4.3.0", g)
+			}
+			logs := rf.logs.String()
+			if !strings.Contains(logs, "injected panic") || !strings.Contains(logs, "goroutine") {
+				t.Errorf("the panic was not logged with its stack:\n%s", logs)
+			}
+			// The same connection, and a new one, are still served.
+			for _, c := range []*smtp.Client{cl, lmtpClient(t, rf.path)} {
+				if got := send(t, c, "s@example.net", []string{"ok@example.org"}, msg("after", "x\r\n")); got["ok@example.org"].code != 250 {
+					t.Errorf("after the panic: %v", got)
+				}
+			}
+		})
+	}
+}
+
+// TestPanicAtMail: a panic while a transaction starts (the certificate
+// store is asked for its snapshot) defers it; the connection goes on.
+func TestPanicAtMail(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{cfg: Config{Certs: panicCerts{}}})
+	cl := lmtpClient(t, rf.path)
+	err := cl.Mail("s@example.net", nil)
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 451 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 0}) {
+		t.Fatalf("got %v, want 451 4.3.0", err)
+	}
+	cl.Reset()
+	if err := cl.Noop(); err != nil {
+		t.Errorf("connection unusable after the panic: %v", err)
+	}
+}

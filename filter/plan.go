@@ -1,0 +1,187 @@
+package filter
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/smimefilter/smimefilter/certs"
+	"github.com/smimefilter/smimefilter/recipients"
+)
+
+// MissingPolicy says what happens to a recipient without a usable
+// certificate.
+type MissingPolicy string
+
+const (
+	// Tempfail: 451 4.7.0 at RCPT; the mail waits in Postfix's queue until
+	// a certificate appears or the queue lifetime ends.
+	Tempfail MissingPolicy = "tempfail"
+	// Reject: 550 5.7.1 at RCPT; the sender gets a bounce.
+	Reject MissingPolicy = "reject"
+	// Plaintext: delivered unencrypted, marked with PlaintextHeader.
+	Plaintext MissingPolicy = "plaintext"
+)
+
+// Policy picks the MissingPolicy for an address: the address's own entry,
+// else its domain's, else Default. Domains are compared case-insensitively
+// (NewBackend folds the keys), local parts exactly.
+type Policy struct {
+	Default   MissingPolicy
+	Domains   map[string]MissingPolicy
+	Addresses map[string]MissingPolicy
+}
+
+// folded returns p with its keys' domains in lower case, as For looks
+// them up.
+func (p Policy) folded() Policy {
+	out := Policy{Default: p.Default}
+	if len(p.Domains) > 0 {
+		out.Domains = make(map[string]MissingPolicy, len(p.Domains))
+		for k, v := range p.Domains {
+			out.Domains[strings.ToLower(k)] = v
+		}
+	}
+	if len(p.Addresses) > 0 {
+		out.Addresses = make(map[string]MissingPolicy, len(p.Addresses))
+		for k, v := range p.Addresses {
+			out.Addresses[lowerDomain(k)] = v
+		}
+	}
+	return out
+}
+
+// For returns the policy for addr.
+func (p Policy) For(addr string) MissingPolicy {
+	if pol, ok := p.Addresses[lowerDomain(addr)]; ok {
+		return pol
+	}
+	if pol, ok := p.Domains[recipients.Domain(addr)]; ok {
+		return pol
+	}
+	if p.Default == "" {
+		return Tempfail
+	}
+	return p.Default
+}
+
+func lowerDomain(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return addr
+	}
+	return addr[:at+1] + strings.ToLower(addr[at+1:])
+}
+
+// action is what happens to one recipient's copy.
+type action int
+
+const (
+	actEncrypt   action = iota // encrypted to the recipient's certificates
+	actPlaintext               // no certificate, policy plaintext: marked, unencrypted
+	actPass                    // already encrypted: delivered unchanged
+	actReinject                // not hosted here: handed back unchanged
+	actRefused                 // refused at RCPT
+)
+
+func (a action) String() string {
+	return [...]string{"encrypt", "plaintext", "passthrough", "reinject", "refused"}[a]
+}
+
+// rcpt is the plan for one RCPT TO, decided when it arrives.
+type rcpt struct {
+	addr      string // as received: go-smtp's key for its status
+	rewritten string
+	action    action
+	certs     []*certs.Cert
+}
+
+// planner decides a recipient's plan from the configuration and one
+// certificate store snapshot. It does no I/O, so every rule of the plan is
+// table-tested on its own (plan_test.go); the one question it cannot answer
+// (does the mail store know this user?) is left to the caller.
+type planner struct {
+	rewriter        *recipients.Rewriter
+	lookupRewritten bool
+	delimiter       string
+	policy          Policy
+	// hosted is nil when every domain is delivered here.
+	hosted map[string]bool
+}
+
+// plan returns the recipient's plan. A recipient without a usable
+// certificate whose policy is not plaintext gets missing: the policy's
+// error (ErrNoCertificate or ErrPolicyReject), to be returned unless the
+// mail store refuses the address outright. err is set when the address
+// cannot be planned at all (a rewrite rule produced an invalid address).
+func (p *planner) plan(to string, store *certs.Store) (r *rcpt, missing, err error) {
+	r = &rcpt{addr: to}
+	rw, err := p.rewriter.Rewrite(to)
+	r.rewritten = rw
+	if err != nil {
+		// A rule produced an unusable address: the configuration is wrong,
+		// not the mail, so the mail waits until it is fixed.
+		return r, nil, fmt.Errorf("recipient %q: %w", to, err)
+	}
+	if p.hosted != nil && !p.hosted[recipients.Domain(rw)] {
+		r.action = actReinject
+		return r, nil, nil
+	}
+	key := to
+	if p.lookupRewritten {
+		key = rw
+	}
+	if store != nil {
+		r.certs = store.Lookup(key)
+		if len(r.certs) == 0 {
+			if base, ok := stripDetail(key, p.delimiter); ok {
+				// alice+lists@ is alice's mailbox and alice's key.
+				r.certs = store.Lookup(base)
+			}
+		}
+	}
+	if len(r.certs) > 0 {
+		r.action = actEncrypt
+		return r, nil, nil
+	}
+	switch p.policy.For(key) {
+	case Plaintext:
+		r.action = actPlaintext
+		return r, nil, nil
+	case Reject:
+		return r, fmt.Errorf("recipient %q: %w", key, ErrPolicyReject), nil
+	}
+	return r, fmt.Errorf("recipient %q: %w", key, ErrNoCertificate), nil
+}
+
+// stripDetail removes a subaddress ("+detail", with any of the delimiter
+// characters, as Postfix's recipient_delimiter) from addr's local part.
+func stripDetail(addr, delims string) (string, bool) {
+	if delims == "" {
+		return "", false
+	}
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return "", false
+	}
+	i := strings.IndexAny(addr[:at], delims)
+	if i <= 0 {
+		return "", false
+	}
+	return addr[:i] + addr[at:], true
+}
+
+// copyKey names the copy a recipient gets: same key, same bytes. Encrypted
+// copies are one per distinct certificate set, so that no envelope names a
+// recipient of another copy (no Bcc leak).
+func copyKey(act action, cs []*certs.Cert) string {
+	if act != actEncrypt {
+		return act.String()
+	}
+	fps := make([]string, 0, len(cs))
+	for _, c := range cs {
+		fps = append(fps, c.Fingerprint)
+	}
+	slices.Sort(fps)
+	return act.String() + "|" + strings.Join(fps, ",")
+}
