@@ -8,11 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -23,7 +26,9 @@ var ErrBadMailbox = errors.New("address cannot be mapped to a Maildir")
 // Maildir delivers into Maildirs named by a template (see ExpandTemplate).
 // It follows the Maildir rules (cr.yp.to/proto/maildir.html): the file is
 // written in tmp/, fsynced, renamed into new/, and new/ itself is fsynced, so
-// that a 250 means the message survives a crash.
+// that a 250 means the message survives a crash. Directories it creates for
+// a new mailbox are fsynced with the directories they were created in before
+// the first message; a mailbox it has seen complete costs no extra call.
 type Maildir struct {
 	Template string
 	// Mode for the directories it creates. Default 0700.
@@ -31,7 +36,22 @@ type Maildir struct {
 
 	host string
 	seq  atomic.Uint64
+
+	// Creating a mailbox is serialised, and a mailbox is known complete
+	// only once its new directories are fsynced: a delivery that found a
+	// directory another delivery had just made, not yet durable, could
+	// otherwise report 250 for a file a crash would take with it.
+	mkdirMu sync.Mutex
+	known   sync.Map // Maildir path → struct{}: complete and durable
+	nknown  atomic.Int64
+	// syncDir, when set, replaces the package's syncDir: tests count the
+	// calls.
+	syncDir func(path string) error
 }
+
+// maxKnown bounds the cache of known mailboxes; past it, it starts afresh
+// (a forgotten mailbox costs three stat calls on its next delivery).
+const maxKnown = 1 << 16
 
 // NewMaildir returns a Maildir target for template.
 func NewMaildir(template string) (*Maildir, error) {
@@ -126,6 +146,7 @@ func (m *Maildir) Begin(ctx context.Context, env Envelope) (Tx, error) {
 }
 
 type maildirFile struct {
+	m    *Maildir
 	dir  string // the Maildir
 	name string // unique name, the same in tmp/ and new/
 	f    *os.File
@@ -174,17 +195,129 @@ func (m *Maildir) create(rcpt string) (*maildirFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	for attempt := 0; ; attempt++ {
+		if err := m.ensure(dir); err != nil {
+			return nil, err
+		}
+		name := m.uniqueName()
+		f, err := os.OpenFile(filepath.Join(dir, "tmp", name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrNotExist) && attempt == 0 {
+			// Removed since it was made (by an administrator, say).
+			m.forget(dir)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("creating message file in %s: %w", dir, err)
+		}
+		return &maildirFile{m: m, dir: dir, name: name, f: f}, nil
+	}
+}
+
+// ensure makes dir a complete Maildir whose directories survive a crash.
+// A known mailbox costs nothing; otherwise each directory created, and the
+// one it was created in, is fsynced before any message in it can be
+// reported delivered.
+func (m *Maildir) ensure(dir string) error {
+	if _, ok := m.known.Load(dir); ok {
+		return nil
+	}
+	m.mkdirMu.Lock()
+	defer m.mkdirMu.Unlock()
+	if _, ok := m.known.Load(dir); ok {
+		return nil
+	}
+	var created []string
 	for _, sub := range []string{"cur", "new", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), m.DirMode); err != nil {
-			return nil, fmt.Errorf("creating Maildir %s: %w", dir, err)
+		c, err := mkdirAll(filepath.Join(dir, sub), m.DirMode)
+		created = append(created, c...)
+		if err != nil {
+			return fmt.Errorf("creating Maildir %s: %w", dir, err)
 		}
 	}
-	name := m.uniqueName()
-	f, err := os.OpenFile(filepath.Join(dir, "tmp", name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("creating message file in %s: %w", dir, err)
+	synced := map[string]bool{}
+	for _, d := range created {
+		for _, s := range []string{filepath.Dir(d), d} {
+			if synced[s] {
+				continue
+			}
+			synced[s] = true
+			if err := m.fsyncDir(s); err != nil {
+				return fmt.Errorf("creating Maildir %s: %w", dir, err)
+			}
+		}
 	}
-	return &maildirFile{dir: dir, name: name, f: f}, nil
+	if m.nknown.Add(1) > maxKnown {
+		m.known.Clear()
+		m.nknown.Store(1)
+	}
+	m.known.Store(dir, struct{}{})
+	return nil
+}
+
+// forget drops dir from the known mailboxes, so the next delivery checks
+// and recreates it.
+func (m *Maildir) forget(dir string) {
+	m.known.Delete(dir)
+}
+
+// mkdirAll is os.MkdirAll that returns the directories it created, parents
+// first. One that appears meanwhile was made by another process, which
+// answers for it.
+func mkdirAll(path string, mode os.FileMode) ([]string, error) {
+	var missing []string
+	for p := path; ; {
+		fi, err := os.Stat(p)
+		if err == nil {
+			if !fi.IsDir() {
+				return nil, fmt.Errorf("%s: %w", p, syscall.ENOTDIR)
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		missing = append(missing, p)
+		parent := filepath.Dir(p)
+		if parent == p {
+			break
+		}
+		p = parent
+	}
+	var created []string
+	for i := len(missing) - 1; i >= 0; i-- {
+		err := os.Mkdir(missing[i], mode)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return created, err
+		}
+		created = append(created, missing[i])
+	}
+	return created, nil
+}
+
+func (m *Maildir) fsyncDir(path string) error {
+	if m.syncDir != nil {
+		return m.syncDir(path)
+	}
+	return syncDir(path)
+}
+
+// syncDir makes a directory's entries durable.
+func syncDir(path string) error {
+	d, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return nil
 }
 
 // uniqueName follows the modern Maildir convention: seconds, then
@@ -275,18 +408,16 @@ func (f *maildirFile) commit() error {
 	final := filepath.Join(f.dir, "new", f.name+",S="+strconv.FormatInt(f.n, 10))
 	if err := os.Rename(tmp, final); err != nil {
 		os.Remove(tmp)
+		if errors.Is(err, fs.ErrNotExist) {
+			f.m.forget(f.dir) // new/ went away: the next delivery makes it again
+		}
 		return fmt.Errorf("moving %s into new/: %w", tmp, err)
 	}
 	// The rename is durable only once the directory entry is on disk.
-	d, err := os.Open(filepath.Join(f.dir, "new"))
-	if err == nil {
-		err = d.Sync()
-		d.Close()
-	}
-	if err != nil {
+	if err := f.m.fsyncDir(filepath.Join(f.dir, "new")); err != nil {
 		// The file is in new/ but may not survive a crash: report a
 		// temporary failure and leave it. A duplicate is better than a loss.
-		return fmt.Errorf("fsync %s/new: %w", f.dir, err)
+		return err
 	}
 	return nil
 }
