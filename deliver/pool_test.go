@@ -540,6 +540,9 @@ func TestAbort(t *testing.T) {
 	if res := tx.Commit(); codes(res) != "err" || !errors.Is(res[0], ErrAborted) {
 		t.Errorf("Commit after Abort: got %v, want ErrAborted", res)
 	}
+	if _, err := tx.Write([]byte("more")); !errors.Is(err, ErrAborted) {
+		t.Errorf("Write after Abort: got %v, want ErrAborted", err)
+	}
 }
 
 // TestLimits: MaxTransactions and MaxConns (a bounded wait) hold; idle

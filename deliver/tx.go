@@ -175,7 +175,7 @@ func (p *Pool) Verify(ctx context.Context, from, rcpt string) error {
 	if err != nil {
 		return err
 	}
-	p.put(pc, true)
+	p.put(pc, replies[0].code == 250) // as in Begin: a refused MAIL ends its use
 	switch {
 	case replies[0].code != 250:
 		return replies[0].err()
@@ -204,6 +204,10 @@ type poolTx struct {
 func (tx *poolTx) Rejected() []error { return tx.rejected }
 
 func (tx *poolTx) Write(b []byte) (int, error) {
+	if tx.done {
+		// The connection may already serve another transaction.
+		return 0, ErrAborted
+	}
 	if tx.err != nil {
 		return 0, tx.err
 	}
