@@ -69,26 +69,32 @@ func newDataReader(c *Conn) *dataReader {
 	return dr
 }
 
+// Read returns the message data of a DATA command: the lines up to the
+// end-of-data line ".CRLF", with the leading dot of every other line that
+// starts with one removed (RFC 5321 sections 4.1.1.4 and 4.5.2). Line
+// endings stay CRLF. It returns io.EOF after the end-of-data line and
+// io.ErrUnexpectedEOF if the connection ends before it.
+//
+// Only CRLF ends a line: a CR or LF on its own is data, and after a CR that
+// is not followed by LF the next byte is examined again (it may be the CR of
+// a CRLF). Accepting a bare LF as a line end would let one message smuggle
+// another past a server that does not
+// (https://www.postfix.org/smtp-smuggling.html).
+//
+// With a size limit, the limit is the number of data bytes returned (after
+// dot-unstuffing, without the end-of-data line): ErrDataTooLarge comes when
+// one more data byte is due, not when the budget reaches zero, so a message
+// of exactly the limit is accepted.
 func (r *dataReader) Read(b []byte) (n int, err error) {
-	if r.limited {
-		if r.n <= 0 {
-			return 0, ErrDataTooLarge
-		}
-		if int64(len(b)) > r.n {
-			b = b[0:r.n]
-		}
-	}
-
-	// Code below is taken from net/textproto with only one modification to
-	// not rewrite CRLF -> LF.
-
-	// Run data through a simple state machine to
-	// elide leading dots and detect End-of-Data (<CR><LF>.<CR><LF>) line.
+	// smimefilter patch: the framing above replaces upstream's copy of
+	// net/textproto's state machine, which lost the byte after a bare CR
+	// (so "\r\r\n.\r\n" did not end the data) and refused a message of
+	// exactly MaxMessageBytes.
 	const (
 		stateBeginLine = iota // beginning of line; initial state; must be zero
-		stateDot              // read . at beginning of line
-		stateDotCR            // read .\r at beginning of line
-		stateCR               // read \r (possibly at end of line)
+		stateDot              // read . at beginning of line, not yet returned
+		stateDotCR            // read .\r at beginning of line, not yet returned
+		stateCR               // returned \r (possibly at end of line)
 		stateData             // reading data in middle of line
 		stateEOF              // reached .\r\n end marker line
 	)
@@ -107,10 +113,16 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 			if i < 0 {
 				i = len(buf)
 			}
+			if r.limited && int64(i) > r.n {
+				i = int(r.n)
+			}
 			if i > 0 {
 				k := copy(b[n:], buf[:i])
 				r.r.Discard(k)
 				n += k
+				if r.limited {
+					r.n -= int64(k)
+				}
 				continue
 			}
 		}
@@ -122,49 +134,48 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 			}
 			break
 		}
-		switch r.state {
-		case stateBeginLine:
-			if c == '.' {
-				r.state = stateDot
-				continue
+		switch {
+		case r.state == stateBeginLine && c == '.':
+			r.state = stateDot
+			continue
+		case r.state == stateDot && c == '\r':
+			r.state = stateDotCR
+			continue
+		case r.state == stateDotCR && c == '\n':
+			r.state = stateEOF
+			continue
+		}
+		// A byte of data is due. Over the limit, leave it unread and the
+		// state as it is, so that every later Read says the same.
+		if r.limited && r.n <= 0 {
+			r.r.UnreadByte()
+			if n == 0 {
+				err = ErrDataTooLarge
 			}
-			if c == '\r' {
-				r.state = stateCR
-				break
-			}
+			break
+		}
+		if r.state == stateDotCR {
+			// ".\r" then not "\n": the dot was stuffing, the CR is
+			// data and c is examined again after it.
+			r.r.UnreadByte()
+			c = '\r'
+		}
+		switch {
+		case c == '\r':
+			r.state = stateCR
+		case c == '\n' && r.state == stateCR:
+			r.state = stateBeginLine
+		default:
 			r.state = stateData
-		case stateDot:
-			if c == '\r' {
-				r.state = stateDotCR
-				continue
-			}
-			r.state = stateData
-		case stateDotCR:
-			if c == '\n' {
-				r.state = stateEOF
-				continue
-			}
-			r.state = stateData
-		case stateCR:
-			if c == '\n' {
-				r.state = stateBeginLine
-				break
-			}
-			r.state = stateData
-		case stateData:
-			if c == '\r' {
-				r.state = stateCR
-			}
 		}
 		b[n] = c
 		n++
+		if r.limited {
+			r.n--
+		}
 	}
 	if err == nil && r.state == stateEOF {
 		err = io.EOF
-	}
-
-	if r.limited {
-		r.n -= int64(n)
 	}
 	return
 }
