@@ -1079,8 +1079,14 @@ func (c *Conn) handleBdat(arg string) {
 		c.lineLimitReader.LineLimit = c.server.MaxLineLength
 	}()
 
-	chunk := io.LimitReader(c.text.R, int64(size))
+	// smimefilter patch: a chunk cut short by the connection must not end
+	// the message cleanly, or its first bytes are delivered as the message.
+	chunk := &chunkReader{LimitedReader: io.LimitedReader{R: c.text.R, N: int64(size)}}
 	_, err = io.Copy(c.bdatPipe, chunk)
+	if chunk.err != nil {
+		c.abortChunk(chunk.err)
+		return
+	}
 	if err != nil {
 		// Backend might return an error early using CloseWithError without consuming
 		// the whole chunk.
@@ -1122,6 +1128,42 @@ func (c *Conn) handleBdat(arg string) {
 	} else {
 		c.writeResponse(250, EnhancedCode{2, 0, 0}, "Continue")
 	}
+}
+
+// smimefilter patch: chunkReader tells a chunk cut short by the connection
+// apart from a backend that stopped reading, which io.Copy does not.
+type chunkReader struct {
+	io.LimitedReader
+	err error // why the connection ended before the chunk did
+}
+
+func (r *chunkReader) Read(b []byte) (int, error) {
+	n, err := r.LimitedReader.Read(b)
+	if err != nil && r.N > 0 && r.err == nil {
+		r.err = err
+	}
+	return n, err
+}
+
+// smimefilter patch: abortChunk ends a BDAT transfer whose chunk the
+// connection cut short. The backend's reader fails with io.ErrUnexpectedEOF
+// (or the read error), as a DATA body cut short does, so nothing is stored.
+// The connection is closed: where the chunk would have ended is unknown, so
+// nothing after it can be read as a command. A client that ended the
+// connection gets no reply (as from Dovecot); after another read error,
+// such as a timeout, it gets 421 as handleConn gives at an idle timeout.
+func (c *Conn) abortChunk(readErr error) {
+	eof := readErr == io.EOF
+	if eof {
+		readErr = io.ErrUnexpectedEOF
+	}
+	c.bdatPipe.CloseWithError(readErr)
+	// Wait for the backend to give up before the session is logged out.
+	<-c.dataResult
+	if !eof {
+		c.writeResponse(421, EnhancedCode{4, 4, 2}, "Connection error during BDAT chunk, closing connection")
+	}
+	c.Close()
 }
 
 // ErrDataReset is returned by Reader pased to Data function if client does not
