@@ -70,6 +70,17 @@ func checkEnvelope(env Envelope) error {
 
 func accepted(r reply) bool { return r.code == 250 || r.code == 251 }
 
+// refusal is the error for a reply that did not accept: the peer's own
+// reply, passed through, when it is a refusal (4xx or 5xx); a reply of
+// another kind where a refusal or acceptance was due is a protocol error,
+// and the connection is not reused after it.
+func refusal(r reply) error {
+	if r.code >= 400 {
+		return r.err()
+	}
+	return fmt.Errorf("%w: %w: unexpected reply %d %s", ErrConnection, errProtocol, r.code, r.err().Message)
+}
+
 // Begin starts a transaction: MAIL FROM, one RCPT TO per recipient and DATA,
 // pipelined (RFC 2920) when the peer offers it, which Dovecot and Postfix
 // do. The context bounds the whole transaction, up to the end of Commit.
@@ -108,13 +119,14 @@ func (p *Pool) Begin(ctx context.Context, env Envelope) (Tx, error) {
 	if replies[0].code != 250 {
 		// The peer's own refusal, for all recipients.
 		p.put(pc, false)
-		return nil, replies[0].err()
+		return nil, refusal(replies[0])
 	}
 	for i, r := range replies[1:min(len(replies), n+1)] {
 		if accepted(r) {
 			tx.accepted++
 		} else {
-			tx.rejected[i] = r.err()
+			tx.rejected[i] = refusal(r)
+			tx.clean = tx.clean && r.code >= 400
 		}
 	}
 	switch {
@@ -124,7 +136,7 @@ func (p *Pool) Begin(ctx context.Context, env Envelope) (Tx, error) {
 		tx.data = &dotWriter{c: pc.c, timeout: p.opts.CommandTimeout, bol: true}
 	default:
 		// A refused DATA is the answer for every recipient taken at RCPT.
-		refused := replies[n+1].err()
+		refused := refusal(replies[n+1])
 		for i := range tx.rejected {
 			if tx.rejected[i] == nil {
 				tx.rejected[i] = refused
@@ -175,12 +187,13 @@ func (p *Pool) Verify(ctx context.Context, from, rcpt string) error {
 	if err != nil {
 		return err
 	}
-	p.put(pc, replies[0].code == 250) // as in Begin: a refused MAIL ends its use
+	// As in Begin, a refused MAIL ends the connection's use.
+	p.put(pc, replies[0].code == 250 && (accepted(replies[1]) || replies[1].code >= 400))
 	switch {
 	case replies[0].code != 250:
-		return replies[0].err()
+		return refusal(replies[0])
 	case !accepted(replies[1]):
-		return replies[1].err()
+		return refusal(replies[1])
 	}
 	return nil
 }
@@ -268,8 +281,8 @@ func (tx *poolTx) Commit() []error {
 		}
 		// An LMTP refusal here is one mailbox's answer (a full one, say);
 		// SMTP's is the whole transaction's.
-		tx.clean = tx.clean && tx.p.opts.LMTP
-		replies = append(replies, r.err())
+		tx.clean = tx.clean && tx.p.opts.LMTP && r.code >= 400
+		replies = append(replies, refusal(r))
 	}
 	tx.p.put(tx.pc, tx.clean && lost == nil)
 	return tx.merge(func(k int) error {
