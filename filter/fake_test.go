@@ -258,7 +258,9 @@ func lmtpClient(t testing.TB, path string) *smtp.Client {
 	}
 	cl := smtp.NewClientLMTP(c)
 	cl.CommandTimeout = 10 * time.Second
-	cl.SubmissionTimeout = 30 * time.Second
+	// As Postfix's lmtp_data_done_timeout: the replies after the final
+	// dot wait for every copy's delivery.
+	cl.SubmissionTimeout = 10 * time.Minute
 	if err := cl.Hello("postfix.test"); err != nil {
 		t.Fatal(err)
 	}
