@@ -1,26 +1,132 @@
 #!/usr/bin/env bash
-# packaging/ci-deb.sh - the Debian package, end to end, on this machine:
-# build, lintian, install, upgrade keeping a changed conffile, config check,
-# unit verification, one message through the installed daemon by socket
+# packaging/ci-deb.sh - the Debian package, end to end: build, lintian,
+# install, upgrade keeping a changed conffile, config check, unit
+# verification, one message through the installed daemon by socket
 # activation (without systemd as PID 1) into a Maildir, S/MIME checked by
 # decrypting it, stop, purge, and nothing left behind.
 #
-# Run as root on Debian 12 (.ci/run does, after the Go tests). Needs go,
-# dpkg-dev, lintian, systemd (systemd-analyze, systemd-socket-activate),
-# swaks, openssl, adduser. Safe to re-run: it first removes what an earlier
-# run left (its daemon, the installed package, its state directory).
-# Exit status 0 only if every step passed.
+# Installing and purging a package changes the machine (users, /etc, dpkg's
+# database), so the test runs only where that harms nobody:
+#  - in a throw-away root (preferred, whenever it can be made): private
+#    mount, PID, UTS and IPC namespaces, and this machine's root file system
+#    under an overlay whose writable layer is a tmpfs that vanishes with the
+#    namespace; /run is fresh (no systemd is reachable, so the maintainer
+#    scripts start nothing), so a running smimefilter, an
+#    existing /etc/smimefilter and dpkg's database stay as they were. Tools
+#    the test lacks are installed into that root only. Needs root, unshare
+#    and overlayfs; it takes a second to set up, where a debootstrapped
+#    Debian 12 root would take minutes of downloads.
+#  - with CI=true on this machine itself (a throw-away CI machine), when no
+#    throw-away root can be made.
+#  - otherwise it prints why it skipped and exits 0.
+# So it touches an smimefilter installation it did not make (an installed
+# package, or an /etc/smimefilter) only in the throw-away root, or with
+# CI=true; without either it does not run at all.
+#
+# Needs go; installs what else is missing (dpkg-dev, lintian, systemd for
+# systemd-analyze and systemd-socket-activate, swaks, openssl, adduser).
+# Safe to re-run: it first removes what an earlier run left (its daemon, the
+# installed package, its state directory). Logs stay in
+# /tmp/smimefilter-ci-deb/logs. Exit status 0 only if every step passed (or
+# the test was skipped).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-export PATH="$PATH:/usr/local/go/bin"
+export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
 
 STATE=/tmp/smimefilter-ci-deb # fixed, so a re-run finds what a killed run left
 SOCK=/run/smimefilter/lmtp.sock
 SYSUSER=_smimefilter
 RCPT=alice@example.org
 SECRET="ci-deb secret body $$-$RANDOM"
+# "isolated" only inside the throw-away root: enter_isolated sets the
+# variable and leaves the mark in its fresh /run.
+ISOLATION_MARK=/run/smimefilter-ci-deb-throwaway-root
+ROOT_KIND=
+if [ "${SMIMEFILTER_CI_DEB_ROOT:-}" = isolated ] && [ -f "$ISOLATION_MARK" ]; then
+	ROOT_KIND=isolated
+fi
+
+# --- where it runs ----------------------------------------------------------
+
+# can_isolate: can a throw-away root be made here? (Prints why not.)
+can_isolate() {
+	[ "$(id -u)" -eq 0 ] || { echo "not root"; return 1; }
+	command -v unshare >/dev/null && command -v chroot >/dev/null ||
+		{ echo "unshare or chroot missing"; return 1; }
+	local probe rc
+	probe=$(mktemp -d /tmp/smimefilter-ci-probe.XXXXXX) || return 1
+	unshare --mount --propagation private sh -ec '
+		mount -t tmpfs tmpfs "$1"
+		mkdir "$1/u" "$1/w" "$1/m"
+		mount -t overlay overlay -o "lowerdir=/,upperdir=$1/u,workdir=$1/w" "$1/m"
+		test -x "$1/m/bin/sh"' sh "$probe" 2>&1
+	rc=$?
+	rmdir "$probe"
+	[ $rc -eq 0 ] || { echo "cannot mount an overlay of / in a mount namespace"; return 1; }
+}
+
+# enter_isolated: (in the new namespaces) build the throw-away root on the
+# tmpfs at $1 and run this script again inside it.
+enter_isolated() {
+	local base=$1 root=$1/root here
+	here=$(pwd -P)
+	set -e
+	mount -t tmpfs -o mode=0755 tmpfs "$base"
+	mkdir "$base/upper" "$base/work" "$root"
+	mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$root"
+	mount -t proc proc "$root/proc"
+	mount --rbind /dev "$root/dev"
+	mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+	touch "$root$ISOLATION_MARK"
+	# The source tree, wherever it is mounted, as a layer of its own:
+	# what the build writes (dist/) stays in the throw-away root too.
+	mkdir -p "$base/src-upper" "$base/src-work" "$root$here"
+	mount -t overlay overlay -o "lowerdir=$here,upperdir=$base/src-upper,workdir=$base/src-work" "$root$here"
+	# Go's build and module caches are shared: they are caches, and a
+	# build without them takes minutes.
+	local d
+	for d in "${GO_CACHES[@]}"; do
+		[ -d "$d" ] || continue
+		mkdir -p "$root$d"
+		mount --bind "$d" "$root$d"
+	done
+	# The logs are the one thing kept.
+	mkdir -p "$STATE/logs" "$root$STATE/logs"
+	mount --bind "$STATE/logs" "$root$STATE/logs"
+	set +e
+	exec chroot "$root" /usr/bin/env SMIMEFILTER_CI_DEB_ROOT=isolated \
+		/bin/bash -c 'cd "$1" && exec packaging/ci-deb.sh' ci-deb "$here"
+}
+
+if [ "${1:-}" = --enter-isolated ]; then
+	# Only as PID 1 of the namespaces made below, never on the machine.
+	[ $$ -eq 1 ] || { echo "ci-deb: --enter-isolated is internal" >&2; exit 2; }
+	read -ra GO_CACHES <<<"$(go env GOCACHE GOMODCACHE 2>/dev/null | tr '\n' ' ')"
+	enter_isolated "$2"
+	exit 1 # not reached unless a mount failed
+fi
+
+if [ "$ROOT_KIND" != isolated ]; then
+	if why=$(can_isolate); then
+		echo "ci-deb: running in a throw-away root (overlay over /, private namespaces)"
+		base=$(mktemp -d /tmp/smimefilter-ci-root.XXXXXX) || exit 1
+		unshare --mount --propagation private --pid --fork --uts --ipc \
+			"$(pwd -P)/packaging/ci-deb.sh" --enter-isolated "$base"
+		rc=$?
+		rmdir "$base" 2>/dev/null
+		exit $rc
+	fi
+	if [ "${CI:-}" != true ]; then
+		echo "ci-deb: SKIP: the package test installs and purges smimefilter (user, group,"
+		echo "ci-deb: /etc/smimefilter, dpkg state); it runs only in a throw-away root, which"
+		echo "ci-deb: cannot be made here ($why), or with CI=true on a throw-away machine."
+		exit 0
+	fi
+	echo "ci-deb: CI=true and no throw-away root ($why): testing on this machine"
+	ROOT_KIND=machine
+fi
 
 DEB=""
 DAEMON_PID=""
@@ -79,21 +185,51 @@ stop_daemon() {
 
 # --- steps ------------------------------------------------------------------
 
+# installed_here: is smimefilter installed, or its configuration present?
+installed_here() {
+	dpkg-query -W -f='${Status}' smimefilter 2>/dev/null | grep -qv 'not-installed' ||
+		[ -e /etc/smimefilter ]
+}
+
 prepare() {
+	[ "$(id -u)" -eq 0 ] || fail "must run as root" || return 1
 	# What an earlier, interrupted run may have left.
 	if [ -f "$STATE/daemon.pid" ]; then
 		stop_daemon "$(cat "$STATE/daemon.pid")"
 	fi
-	if dpkg-query -W -f='${Status}' smimefilter 2>/dev/null | grep -qv 'not-installed'; then
-		echo "purging an earlier installation"
+	if installed_here; then
+		if [ "$ROOT_KIND" = isolated ]; then
+			echo "an installation of this machine, seen in the throw-away root: purging it there only"
+		elif [ -f "$STATE/installed" ]; then
+			echo "purging the installation an earlier run of ci-deb.sh left"
+		else
+			# Only CI=true gets here (see "where it runs").
+			echo "CI=true: purging an smimefilter installation ci-deb.sh did not make"
+		fi
 		apt-get purge -y smimefilter || return 1
+		rm -f "$STATE/installed"
 	fi
 	rm -rf /run/smimefilter
 	find "$STATE" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} + 2>/dev/null
-	for tool in go dpkg-parsechangelog lintian systemd-analyze systemd-socket-activate swaks openssl setpriv; do
-		command -v "$tool" >/dev/null || fail "$tool not found" || return 1
+	ensure_tools
+}
+
+# ensure_tools installs the packages of the tools the test lacks (in the
+# throw-away root: into it only). Installed ones are not upgraded.
+ensure_tools() {
+	command -v go >/dev/null || fail "go not found" || return 1
+	local tool pkg need=()
+	for tool in dpkg-parsechangelog:dpkg-dev lintian:lintian systemd-analyze:systemd \
+		systemd-socket-activate:systemd swaks:swaks openssl:openssl setpriv:util-linux \
+		adduser:adduser; do
+		pkg=${tool#*:}
+		command -v "${tool%%:*}" >/dev/null || need+=("$pkg")
 	done
-	[ "$(id -u)" -eq 0 ] || fail "must run as root"
+	[ ${#need[@]} -eq 0 ] && return 0
+	echo "installing: ${need[*]}"
+	apt-get update -q || return 1
+	apt-get install -y -q --no-install-recommends --no-upgrade $(printf '%s\n' "${need[@]}" | sort -u) ||
+		return 1
 }
 
 build() {
@@ -126,6 +262,9 @@ run_lintian() {
 }
 
 install_pkg() {
+	# Before installing: a run killed halfway leaves an installation that
+	# the next run may then purge as its own.
+	touch "$STATE/installed"
 	apt-get install -y "./$DEB" || return 1
 	dpkg-query -W -f='${Status} ${Version}\n' smimefilter
 	dpkg-query -W -f='${Status}' smimefilter | grep -q '^install ok installed$' ||
@@ -179,9 +318,9 @@ verify_units() {
 		/lib/systemd/system/smimefilter.service 2>&1) || { echo "$out"; fail "systemd-analyze verify"; return 1; }
 	[ -z "$out" ] || { echo "$out"; fail "systemd-analyze verify printed warnings"; return 1; }
 	echo "systemd-analyze verify: clean"
-	# Exposure at most 2.0 (the threshold is in tenths).
-	systemd-analyze security --offline=true --threshold=20 \
-		/lib/systemd/system/smimefilter.service | tail -n 1 || fail "exposure above 2.0"
+	# Exposure at most 1.0 (the threshold is in tenths).
+	systemd-analyze security --offline=true --threshold=10 \
+		/lib/systemd/system/smimefilter.service | tail -n 1 || fail "exposure above 1.0"
 }
 
 make_certificate() {
@@ -304,8 +443,13 @@ stop_activated() {
 
 purge_pkg() {
 	if [ -n "$DAEMON_PID" ]; then stop_daemon "$DAEMON_PID"; fi
+	[ -f "$STATE/installed" ] || {
+		echo "this run installed nothing, so it purges nothing"
+		return 0
+	}
 	dpkg-query -W -f='${Status}' smimefilter 2>/dev/null | grep -q '^install ok' || {
 		echo "not installed, nothing to purge"
+		rm -f "$STATE/installed"
 		return 0
 	}
 	dpkg -L smimefilter >"$STATE/files.txt"
@@ -328,7 +472,9 @@ purge_pkg() {
 	p=$(find /etc/systemd/system /var/lib/systemd/deb-systemd-helper-enabled \
 		/var/lib/systemd/deb-systemd-helper-masked -name '*smimefilter*' 2>/dev/null)
 	[ -z "$p" ] || { fail "systemd state left: $p"; left=1; }
-	[ $left -eq 0 ] && echo "nothing left"
+	[ $left -eq 0 ] || return 1
+	rm -f "$STATE/installed"
+	echo "nothing left"
 }
 
 # --- main -------------------------------------------------------------------
