@@ -223,7 +223,7 @@ func newStack(t testing.TB, s setup) *stack {
 	mkdir(t, run, 0o755)
 	chown(t, run, nobody)
 
-	st.filter = &daemon{t: t, config: confPath, socket: filterSock, logPath: filepath.Join(st.dir, "smimefilter.log"), user: nobody}
+	st.filter = &daemon{t: t, config: confPath, socket: filterSock, logPath: filepath.Join(st.dir, "smimefilter.log"), dir: st.dir, user: nobody}
 	t.Cleanup(st.filter.kill)
 	st.filter.start()
 	t.Cleanup(func() {
@@ -288,11 +288,48 @@ type daemon struct {
 	config  string
 	socket  string
 	logPath string
+	dir     string // for the notify sockets
 	user    *user.User
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan struct{}
+	starts int
+}
+
+// listenNotify is a NOTIFY_SOCKET for one start of the daemon, writable by
+// its user. The returned channel is closed at the first READY=1: the
+// daemon's own word that it accepts mail (the packaged unit is
+// Type=notify), where a connect loop could only guess. The socket is read
+// until the test ends, so that later states (STOPPING=1) reach a reader.
+func (d *daemon) listenNotify(path string) <-chan struct{} {
+	d.t.Helper()
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		d.t.Fatalf("notify socket: %v", err)
+	}
+	d.t.Cleanup(func() { c.Close() })
+	if err := os.Chmod(path, 0o666); err != nil {
+		d.t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		buf := make([]byte, 4096)
+		seen := false
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			for _, line := range strings.Split(string(buf[:n]), "\n") {
+				if line == "READY=1" && !seen {
+					seen = true
+					close(ready)
+				}
+			}
+		}
+	}()
+	return ready
 }
 
 func (d *daemon) start() {
@@ -305,11 +342,15 @@ func (d *daemon) start() {
 	}
 	defer f.Close()
 	fmt.Fprintf(f, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
+	d.starts++
+	notifyPath := filepath.Join(d.dir, fmt.Sprintf("notify-%d", d.starts))
+	ready := d.listenNotify(notifyPath)
 	cmd := exec.Command(daemonBin, "-config", d.config)
 	cmd.Stdout, cmd.Stderr = f, f
 	// bench/e2e.sh's FILTER_ENV (e.g. GOMAXPROCS=1) reaches the daemon
 	// alone, not the test process driving it.
 	cmd.Env = append(os.Environ(), strings.Fields(os.Getenv("SMIMEFILTER_DAEMON_ENV"))...)
+	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+notifyPath)
 	postfixGID := atoi(d.t, lookupGroup(d.t, "postfix").Gid)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
 		Uid: uint32(atoi(d.t, d.user.Uid)), Gid: uint32(atoi(d.t, d.user.Gid)),
@@ -322,23 +363,23 @@ func (d *daemon) start() {
 	go func() { cmd.Wait(); close(done) }()
 	d.cmd, d.done = cmd, done
 
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		select {
-		case <-done:
-			d.cmd = nil
-			d.t.Fatalf("smimefilter exited at start (%v):\n%s", cmd.ProcessState, lastBytes(d.log(), 8192))
-		default:
-		}
-		if c, err := net.Dial("unix", d.socket); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("smimefilter does not accept on %s:\n%s", d.socket, lastBytes(d.log(), 8192))
-		}
-		time.Sleep(10 * time.Millisecond)
+	const startTimeout = 20 * time.Second
+	timer := time.NewTimer(startTimeout)
+	defer timer.Stop()
+	select {
+	case <-ready:
+	case <-done:
+		d.cmd = nil
+		d.t.Fatalf("smimefilter exited at start (%v):\n%s", cmd.ProcessState, lastBytes(d.log(), 8192))
+	case <-timer.C:
+		d.t.Fatalf("smimefilter sent no READY=1 within %v:\n%s", startTimeout, lastBytes(d.log(), 8192))
 	}
+	// READY=1 promises that mail is accepted: hold the daemon to it.
+	c, err := net.Dial("unix", d.socket)
+	if err != nil {
+		d.t.Fatalf("smimefilter sent READY=1 but does not accept on %s: %v", d.socket, err)
+	}
+	c.Close()
 	fi, err := os.Stat(d.socket)
 	if err != nil || fi.Mode().Perm() != 0o660 || fi.Sys().(*syscall.Stat_t).Gid != uint32(postfixGID) {
 		d.t.Fatalf("smimefilter socket: %v %v, want 0660 group postfix", fi.Mode(), err)
