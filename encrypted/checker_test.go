@@ -579,6 +579,21 @@ func TestArmor(t *testing.T) {
 	t.Run("truncated", func(t *testing.T) { truncations(t, tests) })
 }
 
+// TestArmorOtherTools: the armor and packets of RNP (Thunderbird's library)
+// and Sequoia, inline and in Thunderbird's PGP/MIME layout.
+func TestArmorOtherTools(t *testing.T) {
+	var tests []testCase
+	for name, msg := range otherPGPMaterial(t) {
+		tests = append(tests,
+			testCase{name + " inline", "text/plain", "", crlf(msg), true, ""},
+			testCase{name + " PGP/MIME", ctPGPMIME, "", thunderbird(crlf(msg)), true, ""},
+			testCase{name + " inline, text after", "text/plain", "", append(crlf(msg), "Dear Bob\r\n"...), false, "text after the END"},
+		)
+	}
+	runCases(t, tests)
+	t.Run("truncated", func(t *testing.T) { truncations(t, tests) })
+}
+
 const (
 	tbBoundary = "------------2xNBrvq0Ak8QGnS6vUfQo6Wr"
 	ctPGPMIME  = `multipart/encrypted; protocol="application/pgp-encrypted"; boundary="` + tbBoundary + `"`

@@ -266,3 +266,39 @@ func b64Lines(b []byte, n int) []byte {
 	out.WriteString(s + "\r\n")
 	return out.Bytes()
 }
+
+var otherPGPOnce once[pgpSamples]
+
+// otherPGPMaterial holds messages for the key of pgpMaterial written by RNP
+// (the OpenPGP library inside Thunderbird) and Sequoia.
+func otherPGPMaterial(t testing.TB) pgpSamples {
+	t.Helper()
+	pgpMaterial(t)
+	require(t, "rnp", "rnpkeys", "sq")
+	return otherPGPOnce.get(t, func() (pgpSamples, error) {
+		env := []string{"GNUPGHOME=" + filepath.Join(toolDir, "gnupg")}
+		pub, err := run(env, nil, "gpg", "--batch", "--armor", "--export", "a@example.test")
+		if err != nil {
+			return nil, err
+		}
+		pubFile := filepath.Join(toolDir, "pub.asc")
+		if err := os.WriteFile(pubFile, pub, 0o600); err != nil {
+			return nil, err
+		}
+		rnpHome := filepath.Join(toolDir, "rnp")
+		if err := os.Mkdir(rnpHome, 0o700); err != nil {
+			return nil, err
+		}
+		if _, err := run(nil, nil, "rnpkeys", "--homedir", rnpHome, "--import", pubFile); err != nil {
+			return nil, err
+		}
+		s := pgpSamples{}
+		if s["rnp"], err = run(nil, []byte(plaintext), "rnp", "--homedir", rnpHome, "-e", "-r", "a@example.test", "--armor", "--output", "-"); err != nil {
+			return nil, err
+		}
+		if s["sq"], err = run(nil, []byte(plaintext), "sq", "encrypt", "--recipient-cert", pubFile); err != nil {
+			return nil, err
+		}
+		return s, nil
+	})
+}
