@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 )
@@ -55,6 +56,10 @@ import (
 // middle one is optional.
 var dovecotTrace = []string{"return-path", "delivered-to", "received"}
 
+// receivedEnd is the end of Dovecot's Received field: "; " and an RFC 5322
+// date-time at the end of a line.
+var receivedEnd = regexp.MustCompile(`; [A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} [+-]\d{4}\n`)
+
 // stripTrace removes the fields Dovecot prepended.
 func stripTrace(msg []byte) ([]byte, error) {
 	fields, _, _ := splitMessage(msg)
@@ -66,10 +71,21 @@ func stripTrace(msg []byte) ([]byte, error) {
 			}
 			return nil, fmt.Errorf("Dovecot's trace field %d is not %s: %q", i+1, name, firstLine(rest))
 		}
-		if name == "received" && !bytes.Contains(fields[0], []byte("with LMTP")) {
-			return nil, fmt.Errorf("Received field is not Dovecot's LMTP one: %q", fields[0])
+		n := len(fields[0])
+		if name == "received" {
+			if !bytes.Contains(fields[0], []byte("with LMTP")) {
+				return nil, fmt.Errorf("Received field is not Dovecot's LMTP one: %q", fields[0])
+			}
+			// Dovecot's field ends with its date; lines after it that start
+			// with white space are the message's (a continuation line first
+			// in the message becomes part of the field once prepended).
+			loc := receivedEnd.FindIndex(fields[0])
+			if loc == nil {
+				return nil, fmt.Errorf("Received field does not end in a date: %q", fields[0])
+			}
+			n = loc[1]
 		}
-		rest = rest[len(fields[0]):]
+		rest = rest[n:]
 		fields = fields[1:]
 	}
 	return rest, nil

@@ -94,6 +94,8 @@ func TestStripTrace(t *testing.T) {
 			want: "Return-Path: <inner@x>\n\nbody\n"},
 		{name: "several recipients: no Delivered-To", in: "Return-Path: <s@x>\n" + received + "Subject: s\n\nbody\n",
 			want: "Subject: s\n\nbody\n"},
+		{name: "message starting with a continuation line", in: "Return-Path: <s@x>\n" + received + " continued\nSubject: s\n\nbody\n",
+			want: " continued\nSubject: s\n\nbody\n"},
 		{name: "no Received", in: "Return-Path: <s@x>\nSubject: s\n\nbody\n", err: "Dovecot's trace field 3 is not received"},
 		{name: "someone else's Received", in: "Return-Path: <s@x>\nReceived: by mx with ESMTP\nSubject: s\n\nbody\n", err: "Received field is not Dovecot's LMTP one"},
 	} {

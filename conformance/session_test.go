@@ -48,7 +48,8 @@ func (c chunk) command() string {
 func (c chunk) cut() bool { return c.size > len(c.data) }
 
 // session is what a client sends after LHLO, the same bytes to both sides
-// but for the domain of the recipients.
+// but for the domain of the recipients, and MAIL parameters of extensions
+// the server did not announce, which a client leaves out.
 type session struct {
 	mode       mode
 	mailParams string // after MAIL FROM:<...>, e.g. " SIZE=100"
@@ -150,10 +151,20 @@ func run(socket string, rcpts []string, s session) transcript {
 		c.(*net.UnixConn).CloseWrite()
 	}
 
-	if !settle(read(), false) || !write("LHLO client.localhost\r\n") || !settle(read(), false) {
+	if !settle(read(), false) || !write("LHLO client.localhost\r\n") {
 		return tr
 	}
-	cmds := []string{"MAIL FROM:<" + senderAddr + ">" + s.mailParams + "\r\n"}
+	lhlo := read()
+	if !settle(lhlo, false) {
+		return tr
+	}
+	params := s.mailParams
+	if !hasExtension(lhlo, "SIZE") {
+		// As Postfix's client does: SIZE only to a server that announced
+		// it (RFC 1870 §5). Dovecot's LMTP does not, and refuses it.
+		params = withoutParam(params, "SIZE")
+	}
+	cmds := []string{"MAIL FROM:<" + senderAddr + ">" + params + "\r\n"}
 	for _, rc := range rcpts {
 		cmds = append(cmds, "RCPT TO:<"+rc+">\r\n")
 	}
@@ -255,6 +266,32 @@ func (tr *transcript) close(c net.Conn, r *bufio.Reader, eof bool) {
 		}
 		tr.log = append(tr.log, "S: "+rep.text)
 	}
+}
+
+// hasExtension reports whether an LHLO reply announces the extension.
+func hasExtension(lhlo reply, ext string) bool {
+	for _, line := range strings.Split(lhlo.text, " / ") {
+		if len(line) < 4 {
+			continue
+		}
+		kw, _, _ := strings.Cut(line[4:], " ")
+		if strings.EqualFold(kw, ext) {
+			return true
+		}
+	}
+	return false
+}
+
+// withoutParam removes a MAIL parameter (" NAME=value") from params.
+func withoutParam(params, name string) string {
+	var kept []string
+	for _, p := range strings.Fields(params) {
+		k, _, _ := strings.Cut(p, "=")
+		if !strings.EqualFold(k, name) {
+			kept = append(kept, " "+p)
+		}
+	}
+	return strings.Join(kept, "")
 }
 
 func isCommand(line string) bool {

@@ -46,8 +46,9 @@ type stack struct {
 	logPath string
 	certs   map[string]*smimetest.Recipient // by filter-side address
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
 }
 
 // startStack starts Dovecot with locals (local parts) as users in both
@@ -129,7 +130,7 @@ func (st *stack) start(confPath string) {
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
-	st.cmd = cmd
+	st.cmd, st.done = cmd, done
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		select {
 		case <-done:
@@ -151,7 +152,7 @@ func (st *stack) stop() {
 	defer st.mu.Unlock()
 	if st.cmd != nil {
 		st.cmd.Process.Signal(syscall.SIGKILL)
-		st.cmd.Wait()
+		<-st.done
 		st.cmd = nil
 	}
 }
