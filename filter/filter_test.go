@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -475,20 +476,49 @@ func replyCodes(out string) []int {
 	return codes
 }
 
+// TestMaxConnections: connections over the limit get 421 4.3.2; a flood of
+// them is logged once when it starts and once, counted, when it is over.
 func TestMaxConnections(t *testing.T) {
 	f := startFakeLMTP(t)
 	rf := startFilter(t, f.path, filterOpts{server: server.Options{MaxConnections: 2}})
+	first := lmtpClient(t, rf.path)
 	lmtpClient(t, rf.path)
-	lmtpClient(t, rf.path)
-	c, err := net.Dial("unix", rf.path)
-	if err != nil {
-		t.Fatal(err)
+	for i := range 10 {
+		c, err := net.Dial("unix", rf.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if !strings.HasPrefix(string(b), "421 4.3.2") {
+			t.Errorf("connection %d over the limit got %q, want 421 4.3.2", i+1, b)
+		}
 	}
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	b, _ := io.ReadAll(c)
-	if !strings.HasPrefix(string(b), "421 4.3.2") {
-		t.Errorf("third connection got %q, want 421 4.3.2", b)
+	first.Quit()
+	// The slot frees when the server has closed the connection; until then
+	// a new one may still be refused (and counted).
+	waitFor(t, "a connection to be accepted again", 5*time.Second, func() bool {
+		c, err := net.Dial("unix", rf.path)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 3)
+		_, err = io.ReadFull(c, b)
+		return err == nil && string(b) == "220"
+	})
+	logs := rf.logs.String()
+	if n := strings.Count(logs, "connection limit reached"); n != 1 {
+		t.Errorf("the flood start was logged %d times, want once", n)
+	}
+	m := regexp.MustCompile(`refused=(\d+)`).FindStringSubmatch(logs)
+	if m == nil {
+		t.Fatalf("no summary of the refused connections in the log:\n%s", logs)
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 10 {
+		t.Errorf("summary counts %d refused connections, want at least 10", n)
 	}
 }
 

@@ -303,17 +303,27 @@ func TestReloadAndWatch(t *testing.T) {
 	}
 	envelopeOf(t, copyFor(t, f, "bob@example.org"), bob)
 
-	// The watcher's path: a file removed from the directory.
+	// The watcher's path: a file removed from the directory. A holder of
+	// its own logs to a buffer, which says when the watch is in place.
+	var logs lockedBuffer
+	wh, err := certs.NewHolder(certs.Options{Dir: dir}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rf2 := startFilter(t, f.path, filterOpts{cfg: Config{Certs: wh, Policy: Policy{Default: Tempfail}}})
+	cl = lmtpClient(t, rf2.path)
 	ctx, cancel := contextWithCancel()
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Go(func() { h.Watch(ctx) })
+	wg.Go(func() { wh.Watch(ctx) })
 	defer wg.Wait()
 	defer cancel()
-	time.Sleep(100 * time.Millisecond) // let the watch start before the change
+	waitFor(t, "the watch to start", 10*time.Second, func() bool {
+		return strings.Contains(logs.String(), "watching the certificate directory")
+	})
 	os.Remove(filepath.Join(dir, "bob.pem"))
 	waitFor(t, "the watcher to drop bob's certificate", 10*time.Second, func() bool {
-		return len(h.Current().Lookup("bob@example.org")) == 0
+		return len(wh.Current().Lookup("bob@example.org")) == 0
 	})
 	if got := send(t, cl, "s@example.net", []string{"bob@example.org"}, msg("r3", "x\r\n")); got["bob@example.org"].code != 451 {
 		t.Fatalf("after removal: %v, want 451", got)
