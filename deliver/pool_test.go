@@ -570,6 +570,21 @@ func TestLimits(t *testing.T) {
 			t.Errorf("got %d connections, want 2", got)
 		}
 	})
+	t.Run("MaxLifetime", func(t *testing.T) {
+		peer := startPeer(t, &fakePeer{ext: pipelining})
+		p := newPool(t, peer, PoolOptions{MaxLifetime: time.Nanosecond})
+		for range 2 {
+			if res, err := send(ctx, p, "a@example.org"); err != nil || codes(res) != "250" {
+				t.Fatalf("got %v, %v, want delivered", res, err)
+			}
+		}
+		if got := verbs(peer.commands(0)); got != "LHLO MAIL RCPT DATA . QUIT" {
+			t.Errorf("first connection got %s, want one transaction and QUIT", got)
+		}
+		if got := peer.dials(); got != 2 {
+			t.Errorf("got %d connections, want 2", got)
+		}
+	})
 	t.Run("MaxConns", func(t *testing.T) {
 		peer := startPeer(t, &fakePeer{ext: pipelining})
 		p := newPool(t, peer, PoolOptions{MaxConns: 1, DialTimeout: time.Second})
