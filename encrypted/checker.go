@@ -49,7 +49,7 @@ type Checker struct {
 	closed bool
 }
 
-var errNotCandidate = errors.New("header: not an encrypted media type")
+var errNotCandidate = errors.New("header: the media type or transfer encoding rules out an encrypted body")
 
 // NewChecker returns a checker for a body with these header values (the
 // unfolded Content-Type and Content-Transfer-Encoding field values, "" when

@@ -510,6 +510,13 @@ func TestOpenPGPPackets(t *testing.T) {
 	t.Run("truncated", func(t *testing.T) { truncations(t, cases) })
 }
 
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func TestArmor(t *testing.T) {
 	s := pgpMaterial(t)
 	real := crlf(s["gpg -e"])
@@ -519,7 +526,8 @@ func TestArmor(t *testing.T) {
 	blank := bytes.Clone(real)
 	blank[bytes.Index(real, data)+10] = ' '
 	wrongCRC := bytes.Clone(real)
-	wrongCRC[crcAt+1] ^= 1
+	// Another base64 character: another checksum.
+	wrongCRC[crcAt+1] = "AB"[b2i(wrongCRC[crcAt+1] == 'A')]
 	noCRC := append(bytes.Clone(real[:crcAt-1]), armorEnd+"\r\n"...)
 	headers := append(append(bytes.Clone(begin), "\r\nVersion: GnuPG v2\r\nComment: https://gnupg.org\r\n\r\n"...), data...)
 	qp := func(b []byte) []byte {

@@ -27,16 +27,23 @@ func TestMain(m *testing.M) {
 	}
 	toolDir = d
 	code := m.Run()
-	// gpg-agent instances started by the throw-away homes.
+	// The material generators stop their agents; this is for one that
+	// failed half-way.
 	for _, home := range []string{"gnupg", "gpgsm"} {
 		if h := filepath.Join(d, home); exists(h) {
-			cmd := exec.Command("gpgconf", "--kill", "gpg-agent")
-			cmd.Env = append(os.Environ(), "GNUPGHOME="+h)
-			_ = cmd.Run()
+			stopAgent(h)
 		}
 	}
 	os.RemoveAll(d)
 	os.Exit(code)
+}
+
+// stopAgent ends the gpg-agent that gpg or gpgsm started for a throw-away
+// home, as soon as the keys are no longer needed.
+func stopAgent(home string) {
+	cmd := exec.Command("gpgconf", "--kill", "gpg-agent")
+	cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
+	_ = cmd.Run()
 }
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
@@ -174,6 +181,7 @@ func cmsMaterial(t testing.TB) cmsSamples {
 			"--disable-policy-checks", "-r", "a@example.test", "--encrypt"); err != nil {
 			return nil, err
 		}
+		stopAgent(home)
 
 		// NSS (Thunderbird, Evolution).
 		db := "sql:" + filepath.Join(toolDir, "nss")
@@ -246,6 +254,7 @@ func pgpMaterial(t testing.TB) pgpSamples {
 			}
 			s[c.name] = out
 		}
+		stopAgent(home)
 		return s, nil
 	})
 }
