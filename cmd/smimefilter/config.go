@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/user"
@@ -54,8 +55,14 @@ type Config struct {
 		MaxRecipients  int   `toml:"max_recipients"`
 		MaxHeaderSize  int   `toml:"max_header_size"`
 		MaxLineLength  int   `toml:"max_line_length"`
-		MaxCopies      int   `toml:"max_copies"`
 	} `toml:"limits"`
+	Spool struct {
+		// Dir is where encrypted message data beyond Memory goes, in a
+		// private directory of the daemon's; "" is $RUNTIME_DIRECTORY,
+		// else the system's temporary directory.
+		Dir    string `toml:"dir"`
+		Memory int64  `toml:"memory"`
+	} `toml:"spool"`
 	Deliver struct {
 		LMTP            string   `toml:"lmtp"`
 		Maildir         string   `toml:"maildir"`
@@ -92,6 +99,7 @@ type Config struct {
 
 	// Derived by validate.
 	path     string
+	notes    []string // accepted but worth telling the administrator
 	rewriter *recipients.Rewriter
 	mode     os.FileMode
 	gid      int
@@ -111,7 +119,6 @@ func defaultConfig() *Config {
 	c.Limits.MaxRecipients = 1000
 	c.Limits.MaxHeaderSize = 256 << 10
 	c.Limits.MaxLineLength = 4096
-	c.Limits.MaxCopies = 8
 	c.Deliver.MaxConnections = 16
 	c.Deliver.MaxIdle = 4
 	c.Deliver.IdleTimeout.Duration = 30 * time.Second
@@ -120,6 +127,7 @@ func defaultConfig() *Config {
 	c.Deliver.DialTimeout.Duration = 10 * time.Second
 	c.Deliver.CommandTimeout.Duration = 2 * time.Minute
 	c.Deliver.DataTimeout.Duration = 10 * time.Minute
+	c.Spool.Memory = 1 << 20
 	c.Certs.Lookup = "original"
 	c.Policy.MissingCertificate = string(filter.Tempfail)
 	c.Policy.KeyTransport = "rsa-pkcs1v15"
@@ -173,8 +181,12 @@ func parseConfig(path string, data []byte) (*Config, error) {
 		}
 		return nil, ce
 	}
-	for _, k := range md.Undecoded() {
-		ce.add(k.String(), "unknown key")
+	for _, u := range unknownKeys(md) {
+		if u.key == "limits.max_copies" {
+			c.notes = append(c.notes, u.key+": "+maxCopiesNote)
+			continue
+		}
+		ce.add(u.key, "%s", u.problem())
 	}
 	c.validate(ce)
 	if len(ce.problems) > 0 {
@@ -249,10 +261,6 @@ func (c *Config) validate(ce *configError) {
 		}
 	}
 	positive("deliver.max_connections", int64(d.MaxConnections))
-	if c.Limits.MaxCopies < 1 || c.Limits.MaxCopies > d.MaxConnections {
-		// Every copy holds one outbound connection while the body streams.
-		ce.add("limits.max_copies", "must be between 1 and deliver.max_connections (%d), got %d", d.MaxConnections, c.Limits.MaxCopies)
-	}
 	if d.MaxIdle < 0 || d.MaxIdle > d.MaxConnections {
 		ce.add("deliver.max_idle", "must be between 0 and max_connections (%d), got %d", d.MaxConnections, d.MaxIdle)
 	}
@@ -275,6 +283,19 @@ func (c *Config) validate(ce *configError) {
 		if d.HostedDomains[i] == "" || strings.Contains(dom, "@") {
 			ce.add("deliver.hosted_domains", "%q is not a domain", dom)
 		}
+	}
+
+	if c.Spool.Dir != "" {
+		if !filepath.IsAbs(c.Spool.Dir) {
+			ce.add("spool.dir", "%q is not an absolute path", c.Spool.Dir)
+		} else if st, err := os.Stat(c.Spool.Dir); err != nil {
+			ce.add("spool.dir", "%v", err)
+		} else if !st.IsDir() {
+			ce.add("spool.dir", "%s is not a directory", c.Spool.Dir)
+		}
+	}
+	if c.Spool.Memory < minSpoolMemory {
+		ce.add("spool.memory", "must be at least %d, got %d", minSpoolMemory, c.Spool.Memory)
 	}
 
 	if c.Certs.Dir != "" {
@@ -383,4 +404,26 @@ func (c *Config) policy() filter.Policy {
 func (c *Config) printEffective(w io.Writer) error {
 	fmt.Fprintf(w, "# effective settings of %s\n", c.path)
 	return toml.NewEncoder(w).Encode(c)
+}
+
+// logNotes tells, at start, what check tells about keys that are accepted
+// but have no effect.
+func (c *Config) logNotes(log *slog.Logger) {
+	for _, n := range c.notes {
+		log.Warn("configuration: "+n, "config", c.path)
+	}
+}
+
+// spoolBase is the directory the daemon makes its private spool directory
+// in: spool.dir, else the service's runtime directory (systemd's
+// RuntimeDirectory=, the first of them if there are several), else the
+// system's temporary directory.
+func (c *Config) spoolBase() string {
+	if c.Spool.Dir != "" {
+		return c.Spool.Dir
+	}
+	if rd, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); rd != "" {
+		return rd
+	}
+	return os.TempDir()
 }

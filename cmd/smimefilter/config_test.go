@@ -9,10 +9,12 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -69,7 +71,6 @@ colour = "blue"
 
 [limits]
 max_line_length = 80
-max_copies = 5
 
 [deliver]
 maildir = "/var/mail/%x"
@@ -86,6 +87,9 @@ key_transport = "rot13"
 
 [log]
 level = "chatty"
+
+[spool]
+memory = 4096
 `)
 	var out, errb bytes.Buffer
 	if code := run([]string{"check", "-config", p}, &out, &errb); code != exitConfig {
@@ -99,7 +103,7 @@ level = "chatty"
 		p + ":limits.max_line_length:",
 		p + ":deliver.maildir:",
 		p + ":deliver.max_idle:",
-		p + ":limits.max_copies:",
+		p + ":spool.memory:",
 		p + ":rewrite: rule 1",
 		p + ":policy.missing_certificate:",
 		p + ":policy.key_transport:",
@@ -136,13 +140,144 @@ func TestDeliverRequired(t *testing.T) {
 	}
 }
 
-func TestVersionAndUnknownCommand(t *testing.T) {
-	var out, errb bytes.Buffer
-	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "smimefilter ") {
-		t.Errorf("version: %d %q", code, out.String())
+func TestCommandLine(t *testing.T) {
+	commands := []string{"smimefilter [run] [-config FILE]", "smimefilter check [-config FILE]", "smimefilter demo [-dir DIR] [-address HOST:PORT]", "smimefilter version", "smimefilter help"}
+	tests := []struct {
+		args       []string
+		code       int
+		stdout     []string // each must appear
+		stderr     []string
+		emptyOut   bool
+		emptyError bool
+	}{
+		{args: []string{"-h"}, stdout: commands, emptyError: true},
+		{args: []string{"-help"}, stdout: commands, emptyError: true},
+		{args: []string{"--help"}, stdout: commands, emptyError: true},
+		{args: []string{"help"}, stdout: commands, emptyError: true},
+		{args: []string{"run", "-h"}, stdout: commands, emptyError: true},
+		{args: []string{"check", "--help"}, stdout: commands, emptyError: true},
+		{args: []string{"demo", "-h"}, stdout: commands, emptyError: true},
+		{args: []string{"version"}, stdout: []string{"smimefilter "}, emptyError: true},
+		{args: []string{"--version"}, stdout: []string{"smimefilter "}, emptyError: true},
+		{args: []string{"-version"}, stdout: []string{"smimefilter "}, emptyError: true},
+		{args: []string{"frobnicate"}, code: exitConfig, stderr: append([]string{`unknown command "frobnicate"`}, commands...), emptyOut: true},
+		{args: []string{"-frobnicate"}, code: exitConfig, stderr: append([]string{"flag provided but not defined: -frobnicate"}, commands...), emptyOut: true},
+		{args: []string{"check", "-config"}, code: exitConfig, stderr: []string{"flag needs an argument: -config"}, emptyOut: true},
+		{args: []string{"check", "extra"}, code: exitConfig, stderr: []string{`unexpected argument "extra"`}, emptyOut: true},
 	}
-	if code := run([]string{"frobnicate"}, &out, &errb); code != exitConfig {
-		t.Errorf("unknown command exit %d, want 2", code)
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			if code := run(tt.args, &out, &errb); code != tt.code {
+				t.Errorf("exit status: got %d, want %d", code, tt.code)
+			}
+			for _, want := range tt.stdout {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("stdout: got %q, want it to contain %q", out.String(), want)
+				}
+			}
+			for _, want := range tt.stderr {
+				if !strings.Contains(errb.String(), want) {
+					t.Errorf("stderr: got %q, want it to contain %q", errb.String(), want)
+				}
+			}
+			if tt.emptyOut && out.Len() > 0 {
+				t.Errorf("stdout: got %q, want nothing", out.String())
+			}
+			if tt.emptyError && errb.Len() > 0 {
+				t.Errorf("stderr: got %q, want nothing", errb.String())
+			}
+		})
+	}
+}
+
+// TestUnknownKeys: each unknown key or table is one problem, with the
+// nearest known key when there is one that close.
+func TestUnknownKeys(t *testing.T) {
+	base := "[deliver]\nlmtp = \"/run/dovecot/lmtp\"\n"
+	tests := []struct {
+		name string
+		toml string
+		want []string // the problems, without "FILE:"
+	}{
+		{"misspelled key", base + "max_conections = 3\n",
+			[]string{"deliver.max_conections: unknown key (did you mean deliver.max_connections?)"}},
+		{"key in the wrong table", "[listen]\nmax_message_size = 1\n" + base,
+			[]string{"listen.max_message_size: unknown key (did you mean limits.max_message_size?)"}},
+		{"key outside its table", "socket = \"/run/x.sock\"\n" + base,
+			[]string{"socket: unknown key (did you mean listen.socket?)"}},
+		{"misspelled table, reported once", base + "[delivr]\nmax_idle = 1\nmax_transactions = 2\nidle_timeout = \"1s\"\n",
+			[]string{"delivr: unknown table (did you mean deliver?)"}},
+		{"empty misspelled table", base + "[lisen]\n",
+			[]string{"lisen: unknown table (did you mean listen?)"}},
+		{"misspelled array of tables", base + "[[rewrit]]\nmatch = 'a'\nreplace = 'b'\n[[rewrit]]\nmatch = 'c'\nreplace = 'd'\n",
+			[]string{"rewrit: unknown table (did you mean rewrite?)"}},
+		{"key of a rule", base + "[[rewrite]]\nmatchh = 'a'\nreplace = 'b'\n",
+			[]string{"rewrite.matchh: unknown key (did you mean rewrite.match?)"}},
+		{"unknown dotted key", base + "x.y = 1\nx.z = 2\n",
+			[]string{"deliver.x: unknown table"}},
+		{"nothing near", base + "[weather]\ncolour = \"blue\"\n",
+			[]string{"weather: unknown table"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseConfig("x.toml", []byte(tt.toml))
+			var ce *configError
+			if !errors.As(err, &ce) {
+				t.Fatalf("got %v, want a *configError", err)
+			}
+			if !slices.Equal(ce.problems, tt.want) {
+				t.Errorf("got %q, want %q", ce.problems, tt.want)
+			}
+		})
+	}
+}
+
+// TestMaxCopiesNoLongerUsed: older files still load; check says the key
+// is ignored, and exits 0.
+func TestMaxCopiesNoLongerUsed(t *testing.T) {
+	p := writeConfig(t, "[limits]\nmax_copies = 1\n[deliver]\nlmtp = \"/run/dovecot/lmtp\"\n")
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "-config", p}, &out, &errb); code != exitOK {
+		t.Fatalf("check exit %d, want 0; stderr:\n%s", code, errb.String())
+	}
+	if want := p + ":limits.max_copies: no longer used and ignored"; !strings.HasPrefix(errb.String(), want) {
+		t.Errorf("stderr: got %q, want it to start with %q", errb.String(), want)
+	}
+	if strings.Contains(out.String(), "max_copies") {
+		t.Errorf("effective settings show max_copies:\n%s", out.String())
+	}
+}
+
+func TestSpoolSettings(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0o600)
+	tests := []struct {
+		spool   string
+		problem string // "" for none
+	}{
+		{"", ""},
+		{"dir = \"" + dir + "\"\nmemory = 65536", ""},
+		{"memory = 65535", "spool.memory: must be at least 65536, got 65535"},
+		{"memory = -1", "spool.memory: must be at least 65536, got -1"},
+		{"dir = \"spool\"", `spool.dir: "spool" is not an absolute path`},
+		{"dir = \"" + file + "\"", "spool.dir: " + file + " is not a directory"},
+		{"dir = \"" + dir + "/missing\"", "spool.dir: stat " + dir + "/missing: no such file or directory"},
+		{"size = 1", "spool.size: unknown key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.spool, func(t *testing.T) {
+			c, err := parseConfig("x.toml", []byte("[deliver]\nlmtp = \"/run/dovecot/lmtp\"\n[spool]\n"+tt.spool+"\n"))
+			switch {
+			case tt.problem == "" && err != nil:
+				t.Errorf("got %v, want no problem", err)
+			case tt.problem == "" && c.Spool.Memory < 65536:
+				t.Errorf("spool.memory: got %d, want at least 65536", c.Spool.Memory)
+			case tt.problem != "" && (err == nil || !strings.HasPrefix(err.Error(), "x.toml:"+tt.problem)):
+				t.Errorf("got %v, want x.toml:%s", err, tt.problem)
+			}
+		})
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const demoAddress = "demo@example.test"
@@ -25,11 +27,10 @@ const demoAddress = "demo@example.test"
 // person trying it out, and the daemon never reads it.
 func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	dir := fs.String("dir", "smimefilter-demo", "directory for the demo certificate, config and Maildir")
 	addr := fs.String("address", "127.0.0.1:10024", "TCP address to listen on")
-	if err := fs.Parse(args); err != nil {
-		return exitConfig
+	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
 	}
 	abs, err := filepath.Abs(*dir)
 	if err != nil {
@@ -46,6 +47,10 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return exitConfig
 	}
+	if err := endWithParent(); err != nil {
+		fmt.Fprintln(stderr, "smimefilter demo:", err)
+		return exitFailure
+	}
 	return serve(c, stderr, func(a net.Addr) {
 		fmt.Fprintf(stdout, `smimefilter demo: listening for LMTP on %[1]s, delivering to %[2]s/Maildir
 Certificate for %[3]s: %[2]s/certs/demo.pem (its key, for you only: %[2]s/demo-key.pem)
@@ -59,6 +64,24 @@ Decrypt what arrived:
 Stop with Ctrl-C.
 `, a, abs, demoAddress, cfgPath)
 	})
+}
+
+// endWithParent has the kernel send SIGTERM, the clean shutdown, when the
+// parent process ends (prctl(2) PR_SET_PDEATHSIG). "go run" does not pass
+// SIGTERM on to the program it started: without this, killing it would
+// leave the demo running, holding its port and the private key's directory
+// with nobody left to stop it.
+func endWithParent() error {
+	ppid := os.Getppid()
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGTERM), 0, 0, 0); err != nil {
+		return fmt.Errorf("asking to end with the parent process: %w", err)
+	}
+	// A parent that ended before prctl took effect sends nothing; the
+	// process was handed to another one by then.
+	if os.Getppid() != ppid {
+		return errors.New("the parent process has ended")
+	}
+	return nil
 }
 
 // writeDemo creates dir with a certificate, key and config, keeping what a
