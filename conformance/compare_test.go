@@ -38,16 +38,19 @@ import (
 //     none belongs inside), and the Content-Type: text/plain;
 //     charset=us-ascii the filter writes inside when the message had
 //     none is left out (that is the type such a message has, RFC 2045
-//     §5.2). The bodies (what follows the header's blank line) must be
-//     equal byte for byte.
+//     §5.2). A message that ends inside its last header field, with no
+//     line end, gets one there: the filter must end the field to write
+//     its own after it. The bodies (what follows the header's blank line)
+//     must be equal byte for byte.
 //  5. A line in the header section that is neither a field nor a
 //     continuation line (an mbox "From " line, a To: address folded
 //     without its leading space, an 8-bit field name) has no place in RFC
 //     5322's grammar. Dovecot stores it where it was. A filter may keep it
 //     as a field, or read it as the first line of the body and encrypt it
 //     with the body (putting the blank line before it that the body
-//     needs): the second reading is tried when the first fails, and the
-//     comparison then reads the direct copy the same way.
+//     needs), an mbox "From " line first excepted or not: these readings
+//     are tried in turn when the first fails, and the comparison then
+//     reads the direct copy the same way.
 //
 // A field is a line not starting with space or tab plus the lines that do
 // and follow it; the header ends at the first empty line ("\n" or "\r\n").
@@ -122,12 +125,13 @@ func splitMessage(msg []byte) (fields [][]byte, body []byte, blank bool) {
 }
 
 // splitAtNonField is splitMessage reading a line in the header that is
-// neither a field nor a continuation as the start of the body (point 5).
-func splitAtNonField(msg []byte) (fields [][]byte, body []byte) {
+// neither a field nor a continuation as the start of the body (point 5);
+// with mbox, an mbox "From " line first is kept as a field.
+func splitAtNonField(msg []byte, mbox bool) (fields [][]byte, body []byte) {
 	all, _, _ := splitMessage(msg)
 	off := 0
-	for _, f := range all {
-		if !isField(f) {
+	for i, f := range all {
+		if !isField(f) && !(mbox && i == 0 && bytes.HasPrefix(f, []byte("From "))) {
 			return fields, msg[off:]
 		}
 		fields = append(fields, f)
@@ -226,10 +230,12 @@ func compareEncrypted(direct, filtered []byte, decrypt decryptFunc) string {
 	if diff == "" {
 		return ""
 	}
-	// Point 5: the other reading of a non-field line in the header.
-	altFields, altBody := splitAtNonField(direct)
-	if len(altFields) != len(directFields) && compareParts(altFields, altBody, kept, inner, innerBody) == "" {
-		return ""
+	// Point 5: the other readings of a non-field line in the header.
+	for _, mbox := range []bool{false, true} {
+		altFields, altBody := splitAtNonField(direct, mbox)
+		if len(altFields) != len(directFields) && compareParts(altFields, altBody, kept, inner, innerBody) == "" {
+			return ""
+		}
 	}
 	return diff
 }
@@ -240,6 +246,11 @@ func compareEncrypted(direct, filtered []byte, decrypt decryptFunc) string {
 func compareParts(directFields [][]byte, directBody []byte, outer, inner [][]byte, innerBody []byte) string {
 	hasType := false
 	var want []string
+	if n := len(directFields); n > 0 && !bytes.HasSuffix(directFields[n-1], []byte("\n")) {
+		// Point 4: a message ending inside its last field.
+		last := directFields[n-1]
+		directFields = append(directFields[:n-1:n-1], append(last[:len(last):len(last)], '\n'))
+	}
 	for _, f := range directFields {
 		if fieldName(f) == "content-type" {
 			hasType = true

@@ -179,6 +179,9 @@ func cases(t testing.TB) []testCase {
 		// CR and LF.
 		{name: "lone-cr-before-end", class: "2", s: wire("Subject: lone CR\r\n\r\nlast line\r\r\n.\r\n")},
 		{name: "dot-stuffed-after-lone-cr", class: "2", s: wire("Subject: lone CR, then a dot\r\n\r\nline\r\r\n..stuffed\r\nend\r\n.\r\n")},
+		{name: "lone-cr-line-in-header", class: "2", s: wire("\r\r\nSubject: after a lone CR line\r\n\r\nbody\r\n.\r\n"),
+			want: want{otherContent: true, why: "a header line that is a lone CR becomes a blank line when Dovecot turns CRLF into LF " +
+				"(CR CR LF is CR LF): Dovecot's copy has an empty header and the rest as body, the filter reads the line as a non-field line"}},
 		{name: "lone-cr-inside-lines", class: "CR/LF", s: wire("Subject: a\rb\r\n\r\nx\ry\r\n\r\r\r\n.\r\n")},
 		{name: "bare-lf-lines", class: "CR/LF", s: wire("Subject: bare LF\nFrom: a@example.com\n\nline one\nline two\r\n.\r\n")},
 		{name: "lf-dot-lf-is-data", class: "CR/LF", s: wire("Subject: LF.LF\r\n\r\nbefore\n.\nafter\r\n.\r\n"),

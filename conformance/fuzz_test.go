@@ -72,7 +72,26 @@ func policyFor(msg []byte, s session) (w want, skip bool) {
 	if s.chunks == nil && bytes.Contains(bytes.ReplaceAll(msg, []byte("\r\n"), nil), []byte("\n.")) {
 		w.otherContent = true
 	}
+	// A header line that is a lone CR becomes a blank line in Dovecot's
+	// copy (see the lone-cr-line-in-header case).
+	if loneCRLine(msg) {
+		w.otherContent = true
+	}
 	return w, false
+}
+
+// loneCRLine reports whether a line of msg's header section (before its
+// first empty line) ends in CR CR LF, or is a lone CR before the end.
+func loneCRLine(msg []byte) bool {
+	for line := range bytes.SplitAfterSeq(msg, []byte("\n")) {
+		switch {
+		case string(line) == "\r\n" || string(line) == "\n":
+			return false
+		case bytes.HasSuffix(line, []byte("\r\r\n")) || bytes.HasSuffix(line, []byte("\r")):
+			return true
+		}
+	}
+	return false
 }
 
 // FuzzConformance mutates the corpus messages and their framing and runs
