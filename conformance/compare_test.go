@@ -25,9 +25,10 @@ import (
 //     application/pkcs7-mime Content-* fields, nothing else. Its envelope
 //     is decrypted for the recipient's key (go.mozilla.org/pkcs7 via
 //     internal/smimetest). Dovecot stores lines ending in LF
-//     (mail_save_crlf = no: each CRLF becomes LF, a lone CR or LF stays),
-//     so the decrypted entity, which is what Dovecot would have been
-//     given, is compared after that same conversion.
+//     (mail_save_crlf = no: each CRLF becomes LF, a lone CR or LF stays,
+//     a CR at the very end goes), so the decrypted entity, which is what
+//     Dovecot would have been given, is compared after that same
+//     conversion (crlfToLF).
 //  4. The header fields of the direct copy are compared with the outer
 //     fields of the filter's copy without its S/MIME fields plus the
 //     fields of the decrypted entity, as multisets of raw field bytes
@@ -167,8 +168,12 @@ func fieldName(f []byte) string {
 	return strings.ToLower(strings.TrimRight(string(name), " \t"))
 }
 
-// crlfToLF is what Dovecot does to the lines it stores.
-func crlfToLF(b []byte) []byte { return bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")) }
+// crlfToLF is what Dovecot does to the lines it stores: each CRLF becomes
+// LF, and a CR that is the message's last byte is dropped (measured: BDAT
+// of "\n\r" is stored as "\n").
+func crlfToLF(b []byte) []byte {
+	return bytes.TrimSuffix(bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")), []byte("\r"))
+}
 
 // smimeOuter are the fields an enveloped message has outside besides the
 // message's own: name and a prefix of the unfolded value.

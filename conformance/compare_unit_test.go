@@ -72,6 +72,8 @@ func TestCompareEncrypted(t *testing.T) {
 			filtered: filteredCopy("Subject: s\n", "Content-Type: text/plain; charset=us-ascii\r\n\r\n")},
 		{name: "lone CR kept", direct: "Subject: s\n\na\rb\n",
 			filtered: filteredCopy("Subject: s\n", "Content-Type: text/plain; charset=us-ascii\r\n\r\na\rb\r\n")},
+		{name: "CR at the very end dropped as Dovecot does", direct: "Subject: s\n\nbody",
+			filtered: filteredCopy("Subject: s\n", "Content-Type: text/plain; charset=us-ascii\r\n\r\nbody\r")},
 		{name: "does not decrypt", direct: direct,
 			filtered: filteredCopy("From: a@example.com\nSubject: s\n", "x"),
 			decrypt:  func([]byte) ([]byte, error) { return nil, errors.New("bad decrypt") },
