@@ -41,6 +41,9 @@ type want struct {
 	// filterClass is the reply class (per recipient) the filter must give
 	// where a policy of its own decides, whatever Dovecot answers.
 	filterClass int
+	// policyMay: the filter may also answer as Dovecot did (a limit it
+	// need not enforce on every path).
+	policyMay bool
 	// otherContent: the stored messages differ by design; only the reply
 	// classes and that the filter's copy is encrypted are checked.
 	otherContent bool
@@ -201,6 +204,8 @@ func cases(t testing.TB) []testCase {
 		{name: "line-998", class: "sizes", s: data("Subject: " + strings.Repeat("s", 989) + "\r\n\r\n" + strings.Repeat("z", 998) + "\r\n")},
 		{name: "line-over-limit", class: "sizes", s: data("Subject: too long\r\n\r\n" + strings.Repeat("z", maxLineLength+1) + "\r\n"),
 			want: want{filterClass: 5, why: "limits.max_line_length: 500 5.6.0"}},
+		{name: "line-over-limit-bdat", class: "sizes", s: bdat(lockstep, "Subject: too long\r\n\r\n"+strings.Repeat("z", maxLineLength+1)+"\r\n"),
+			want: want{filterClass: 5, policyMay: true, why: "limits.max_line_length, which the daemon enforces on DATA only"}},
 
 		// Headers good and broken.
 		{name: "mbox-from-line", class: "5", s: data("From sender@example.com Mon Jan  1 00:00:00 2024\r\n" + simple)},

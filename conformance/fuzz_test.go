@@ -59,7 +59,9 @@ func policyFor(msg []byte, s session) (w want, skip bool) {
 	for line := range bytes.SplitAfterSeq(msg, []byte("\n")) {
 		switch n := len(line); {
 		case n > maxLineLength+2:
-			w.filterClass, w.why = 5, "limits.max_line_length"
+			// Enforced on DATA (500 5.6.0); accepting such a line, as
+			// the daemon does with BDAT, is as transparent.
+			w.filterClass, w.policyMay, w.why = 5, true, "limits.max_line_length"
 		case n >= maxLineLength-2:
 			return w, true
 		}

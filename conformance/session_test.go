@@ -22,13 +22,6 @@ const (
 	pipelined
 )
 
-func (m mode) String() string {
-	if m == pipelined {
-		return "pipelined"
-	}
-	return "lockstep"
-}
-
 // chunk is one BDAT command (RFC 3030) and the bytes that follow it. size is
 // what the command announces; when it is larger than len(data), the client
 // stops there and closes its side: a transfer cut short.
