@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // The comparison, for one recipient whose message both sides stored:
@@ -49,9 +50,10 @@ import (
 //     5322's grammar. Dovecot stores it where it was. A filter may keep it
 //     as a field, or read it as the first line of the body and encrypt it
 //     with the body (putting the blank line before it that the body
-//     needs), an mbox "From " line first excepted or not: these readings
-//     are tried in turn when the first fails, and the comparison then
-//     reads the direct copy the same way.
+//     needs), an mbox "From " line first and field names with 8-bit
+//     bytes excepted or not: these readings are tried in turn when the
+//     first fails, and the comparison then reads the direct copy the same
+//     way.
 //
 // A field is a line not starting with space or tab plus the lines that do
 // and follow it; the header ends at the first empty line ("\n" or "\r\n").
@@ -125,14 +127,21 @@ func splitMessage(msg []byte) (fields [][]byte, body []byte, blank bool) {
 	return fields, nil, false
 }
 
+// reading is how a filter may tell a field from a line that starts the
+// body (point 5).
+type reading struct {
+	mbox     bool // an mbox "From " line first is a field
+	eightBit bool // a field name may have 8-bit bytes (RFC 6532 style)
+}
+
 // splitAtNonField is splitMessage reading a line in the header that is
-// neither a field nor a continuation as the start of the body (point 5);
-// with mbox, an mbox "From " line first is kept as a field.
-func splitAtNonField(msg []byte, mbox bool) (fields [][]byte, body []byte) {
+// neither a field nor a continuation as the start of the body (point 5).
+func splitAtNonField(msg []byte, r reading) (fields [][]byte, body []byte) {
 	all, _, _ := splitMessage(msg)
 	off := 0
 	for i, f := range all {
-		if !isField(f) && !(mbox && i == 0 && bytes.HasPrefix(f, []byte("From "))) {
+		field := isField(f) || r.eightBit && isField8(f) || r.mbox && i == 0 && bytes.HasPrefix(f, []byte("From "))
+		if !field {
 			return fields, msg[off:]
 		}
 		fields = append(fields, f)
@@ -157,6 +166,17 @@ func isField(f []byte) bool {
 		i++
 	}
 	return i < len(f) && f[i] == ':'
+}
+
+// isField8 is isField allowing bytes over 127 in the name.
+func isField8(f []byte) bool {
+	ascii := bytes.Map(func(r rune) rune {
+		if r >= 0x80 || r == utf8.RuneError {
+			return 'x'
+		}
+		return r
+	}, f)
+	return isField(ascii)
 }
 
 // fieldName is the lower-cased name of a raw field, "" when it has none.
@@ -236,8 +256,8 @@ func compareEncrypted(direct, filtered []byte, decrypt decryptFunc) string {
 		return ""
 	}
 	// Point 5: the other readings of a non-field line in the header.
-	for _, mbox := range []bool{false, true} {
-		altFields, altBody := splitAtNonField(direct, mbox)
+	for _, r := range []reading{{}, {mbox: true}, {eightBit: true}, {mbox: true, eightBit: true}} {
+		altFields, altBody := splitAtNonField(direct, r)
 		if len(altFields) != len(directFields) && compareParts(altFields, altBody, kept, inner, innerBody) == "" {
 			return ""
 		}
