@@ -103,11 +103,11 @@ func (d *b64) write(p []byte) error {
 	return nil
 }
 
-// fast decodes whole lines straight from p when they hold complete groups
-// and no padding, which is every line but the last one of any real encoder
-// (76 or 64 characters): encoding/base64 skips the line breaks itself and
-// refuses anything else, and then the byte-wise path takes over. It returns
-// how much of p it consumed.
+// fast decodes whole lines (or a window of one long line) straight from p
+// when they hold complete groups and no padding, which is every line but the
+// last one of any real encoder (76 or 64 characters): encoding/base64 skips
+// the line breaks itself and refuses anything else, and then the byte-wise
+// path takes over. It returns how much of p it consumed.
 func (d *b64) fast(p []byte) (int, error) {
 	const window = len(d.out) / 3 * 4
 	consumed := 0
@@ -115,11 +115,9 @@ func (d *b64) fast(p []byte) (int, error) {
 		chunk := p
 		if len(chunk) > window {
 			chunk = chunk[:window]
-			i := bytes.LastIndexByte(chunk, '\n')
-			if i < 0 {
-				return consumed, nil
+			if i := bytes.LastIndexByte(chunk, '\n'); i >= 0 {
+				chunk = chunk[:i+1]
 			}
-			chunk = chunk[:i+1]
 		}
 		if bytes.IndexByte(chunk, '=') >= 0 {
 			return consumed, nil
