@@ -68,29 +68,27 @@ func TestDovecotDown(t *testing.T) {
 	}
 }
 
-// TestFilterKilledMidData: smimefilter is SIGKILLed while it receives a large
+// TestFilterKilledMidData: smimefilter is SIGKILLed while it receives a
 // message from Postfix. Postfix must defer it (nothing bounced, nothing
-// half-stored in Dovecot) and deliver it once the daemon is back.
+// half-stored in Dovecot) and deliver it once the daemon is back. A proxy
+// between them stops passing Postfix's bytes on after the first MiB, so
+// the daemon is in the middle of DATA when it dies, whatever its speed.
 func TestFilterKilledMidData(t *testing.T) {
 	t.Parallel()
 	alice := "alice@" + hostedDomain
-	st := newStack(t, setup{users: []string{alice}, certs: []string{alice}})
-	pid := st.filter.pid()
-	base := readBytes(pid)
-	raw, inner := testMessage(alice, "killed mid-DATA", 40<<20)
+	st := newStack(t, setup{users: []string{alice}, certs: []string{alice}, holdProxy: true})
+	raw, inner := testMessage(alice, "killed mid-DATA", 4<<20)
+	held := st.proxy.holdAfter(1 << 20)
 	st.send([]string{alice}, raw)
 
-	// Kill once the daemon has read 4 MiB of the ~54 MiB message.
-	deadline := time.Now().Add(defaultStatusTimeout)
-	for readBytes(pid)-base < 4<<20 {
-		if time.Now().After(deadline) {
-			t.Fatalf("smimefilter read only %d bytes", readBytes(pid)-base)
-		}
-		time.Sleep(time.Millisecond)
+	select {
+	case <-held:
+	case <-time.After(defaultStatusTimeout):
+		t.Fatalf("Postfix did not send 1 MiB to smimefilter within %v", defaultStatusTimeout)
 	}
 	st.filter.kill()
 	if c := st.postfix.Count(alice); c.Sent != 0 {
-		t.Fatalf("delivered before the kill (%v): the message is too small to be caught mid-DATA", c)
+		t.Fatalf("delivered before the kill (%v): the proxy let the whole message through", c)
 	}
 	d := st.postfix.WaitStatus(alice, "deferred", defaultStatusTimeout)
 	if !strings.HasPrefix(d.DSN, "4.") {
@@ -100,6 +98,7 @@ func TestFilterKilledMidData(t *testing.T) {
 		t.Fatalf("%d messages stored from the killed transaction", n)
 	}
 
+	st.proxy.holdAfter(-1)
 	st.filter.start()
 	st.postfix.Flush()
 	noLoss(t, st, map[string]int{alice: 1})

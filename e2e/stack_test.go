@@ -61,6 +61,8 @@ type setup struct {
 	extraTOML string
 	// logLevel of the daemon; default debug.
 	logLevel string
+	// holdProxy puts a holdProxy between Postfix and the daemon (st.proxy).
+	holdProxy bool
 }
 
 // stack is Postfix -> smimefilter -> Dovecot (or a Maildir).
@@ -74,6 +76,8 @@ type stack struct {
 	certs   map[string]*smimetest.Recipient
 	// maildirRoot is the daemon's Maildir template root in maildir mode.
 	maildirRoot string
+	// proxy is what Postfix connects to with setup.holdProxy.
+	proxy *holdProxy
 }
 
 // rewriteRules are in every daemon config: a domain move and the
@@ -157,12 +161,17 @@ func newStack(t testing.TB, s setup) *stack {
 			t.Fatalf("postmap: %v\n%s", err, out)
 		}
 	}
+	postfixSock := filterSock
+	if s.holdProxy {
+		postfixSock = filepath.Join(st.dir, "proxy.sock")
+		st.proxy = newHoldProxy(t, postfixSock, filterSock)
+	}
 	opts := mailstacktest.PostfixOptions{
 		HostedDomains: []string{hostedDomain, rewrittenDomain},
 		MainCF:        readContrib(t, "postfix/"+s.mode+"/main.cf"),
 		MasterCF:      readContrib(t, "postfix/"+masterMode+"/master.cf"),
 		Replace: map[string]string{
-			contribFilterSocket: filterSock,
+			contribFilterSocket: postfixSock,
 			contribReinjectAddr: reinject,
 			contribTransportMap: transportMap,
 		},
@@ -429,21 +438,6 @@ func (d *daemon) signal(sig syscall.Signal, timeout time.Duration) bool {
 func (d *daemon) log() string {
 	b, _ := os.ReadFile(d.logPath)
 	return string(b)
-}
-
-// readBytes is how many bytes the process has read (/proc/PID/io rchar).
-func readBytes(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "rchar: "); ok {
-			n, _ := strconv.ParseInt(v, 10, 64)
-			return n
-		}
-	}
-	return -1
 }
 
 func lookupUser(t testing.TB, name string) *user.User {
