@@ -20,8 +20,10 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkE2E -benchtime 2000x -count 3 ./e2e/
 //
-// SMIMEFILTER_BENCH_SESSIONS sets smtp-source's sessions (default 4).
+// SMIMEFILTER_BENCH_SESSIONS sets smtp-source's sessions (default 4);
+// SMIMEFILTER_BENCH_BIN runs another daemon binary (see useBenchBin).
 func BenchmarkE2E(b *testing.B) {
+	useBenchBin(b)
 	sessions := os.Getenv("SMIMEFILTER_BENCH_SESSIONS")
 	if sessions == "" {
 		sessions = "4"
