@@ -3,6 +3,8 @@ package certs
 import (
 	"strings"
 	"unicode/utf8"
+
+	"github.com/smimefilter/smimefilter/internal/mailbox"
 )
 
 // maxAddressLen guards the indexes against absurd input. RFC 5321
@@ -14,8 +16,8 @@ const maxAddressLen = 64 + 1 + 255 + 64
 // and returns it with the domain lowercased (domains are case-insensitive,
 // RFC 5321 §2.4) and the local part unchanged. It accepts what RFC 5321
 // and RFC 6531 (UTF-8) allow and rejects what no mailbox can contain:
-// control characters, whitespace outside a quoted local part, angle
-// brackets, an empty part. Certificates and the daemon both go through
+// control characters, an empty part. A quoted local part is kept by its
+// content, without the quotes. Certificates and the daemon both go through
 // it, so the two spellings meet in one form.
 func normalizeAddress(s string) (string, bool) {
 	if len(s) == 0 || len(s) > maxAddressLen || !utf8.ValidString(s) {
@@ -29,12 +31,16 @@ func normalizeAddress(s string) (string, bool) {
 	}
 	local, domain := s[:at], s[at+1:]
 
-	quoted := len(local) >= 2 && local[0] == '"' && local[len(local)-1] == '"'
+	// A quoted local part means its content (RFC 5321 §4.1.2): "john
+	// doe"@x and the john doe@x that go-smtp hands over (it drops the
+	// quotes) are one mailbox, kept in one spelling: quoted only where a
+	// Dot-string cannot say it.
+	local = mailbox.UnquoteLocal(local)
+	if local == "" {
+		return "", false
+	}
 	for _, r := range local {
-		switch {
-		case r < 0x20 || r == 0x7f:
-			return "", false
-		case !quoted && (r == ' ' || r == '<' || r == '>' || r == '"' || r == '\\'):
+		if r < 0x20 || r == 0x7f {
 			return "", false
 		}
 	}
@@ -46,7 +52,7 @@ func normalizeAddress(s string) (string, bool) {
 	if domain[0] == '.' || domain[len(domain)-1] == '.' || strings.Contains(domain, "..") {
 		return "", false
 	}
-	return local + "@" + strings.ToLower(domain), true
+	return mailbox.QuoteLocal(local) + "@" + strings.ToLower(domain), true
 }
 
 // foldKey is the key of the case-insensitive fallback index: the whole

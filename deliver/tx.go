@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/smimefilter/smimefilter/internal/mailbox"
 )
 
 // converse runs one command group on a pooled connection: the one dialogue
@@ -93,7 +95,7 @@ func (p *Pool) Begin(ctx context.Context, env Envelope) (Tx, error) {
 		cmds := make([]string, 0, n+2)
 		cmds = append(cmds, mailCommand(c, env))
 		for _, r := range env.Rcpts {
-			cmds = append(cmds, "RCPT TO:<"+r+">")
+			cmds = append(cmds, "RCPT TO:<"+mailbox.Quote(r)+">")
 		}
 		return append(cmds, "DATA")
 	}
@@ -160,7 +162,7 @@ func anyAccepted(rs []reply) bool {
 // mailCommand is MAIL FROM with the parameters the peer offers.
 func mailCommand(c *client, env Envelope) string {
 	var b strings.Builder
-	b.WriteString("MAIL FROM:<" + env.From + ">")
+	b.WriteString("MAIL FROM:<" + mailbox.Quote(env.From) + ">")
 	if c.has("8BITMIME") {
 		b.WriteString(" BODY=8BITMIME") // RFC 6152
 	}
@@ -182,7 +184,9 @@ func (p *Pool) Verify(ctx context.Context, from, rcpt string) error {
 	if err := checkEnvelope(Envelope{From: from, Rcpts: []string{rcpt}}); err != nil {
 		return err
 	}
-	build := func(*client) []string { return []string{"MAIL FROM:<" + from + ">", "RCPT TO:<" + rcpt + ">"} }
+	build := func(*client) []string {
+		return []string{"MAIL FROM:<" + mailbox.Quote(from) + ">", "RCPT TO:<" + mailbox.Quote(rcpt) + ">"}
+	}
 	pc, replies, err := p.converse(ctx, build, func(done []reply) bool { return done[0].code == 250 })
 	if err != nil {
 		return err
