@@ -569,6 +569,7 @@ func TestShutdownHangsUpIdleConnections(t *testing.T) {
 	rf := startFilter(t, f.path, filterOpts{})
 	afterLHLO, cmd := rawSession(t, rf.path)
 	cmd("LHLO postfix.test\r\n")
+	greeted, _ := rawSession(t, rf.path) // no command yet: no session either
 	betweenTx := lmtpClient(t, rf.path)
 	if got := send(t, betweenTx, "s@example.net", []string{"a@example.org"}, msg("one", "x\r\n")); got["a@example.org"].code != 250 {
 		t.Fatal(got)
@@ -576,10 +577,12 @@ func TestShutdownHangsUpIdleConnections(t *testing.T) {
 	start := time.Now()
 	stopped := make(chan struct{})
 	go func() { rf.srv.Shutdown(time.Minute); close(stopped) }()
-	afterLHLO.SetReadDeadline(time.Now().Add(20 * time.Second))
-	b, err := io.ReadAll(afterLHLO)
-	if codes := replyCodes(string(b)); err != nil || !slices.Equal(codes, []int{421}) || !strings.HasPrefix(string(b), "421 4.3.2") {
-		t.Errorf("idle connection got %q (%v), want 421 4.3.2 and the end of the connection", b, err)
+	for name, c := range map[string]net.Conn{"after LHLO": afterLHLO, "only greeted": greeted} {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		b, err := io.ReadAll(c)
+		if codes := replyCodes(string(b)); err != nil || !slices.Equal(codes, []int{421}) || !strings.HasPrefix(string(b), "421 4.3.2") {
+			t.Errorf("idle connection %s got %q (%v), want 421 4.3.2 and the end of the connection", name, b, err)
+		}
 	}
 	select {
 	case <-stopped:

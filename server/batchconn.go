@@ -36,6 +36,9 @@ type batchConn struct {
 	net.Conn
 	writeTimeout time.Duration
 
+	closed    func(*batchConn) // tells the server, once
+	closeOnce sync.Once
+
 	hangingUp atomic.Bool
 	said421   atomic.Bool // the 421 already went out as a reply
 
@@ -165,6 +168,9 @@ func (c *batchConn) sayGoodbye() error {
 // does not read its last reply is not worth holding a shutdown for.
 func (c *batchConn) Close() error {
 	c.flush(time.Second)
+	if c.closed != nil {
+		c.closeOnce.Do(func() { c.closed(c) })
+	}
 	return c.Conn.Close()
 }
 
@@ -192,10 +198,14 @@ func (c *batchConn) flushLocked(timeout time.Duration) error {
 	return err
 }
 
-// batchListener wraps every accepted connection in a batchConn.
+// batchListener wraps every accepted connection in a batchConn, and tells
+// the server about it: a connection has no session until LHLO, and
+// Shutdown must end it too.
 type batchListener struct {
 	net.Listener
 	writeTimeout time.Duration
+	opened       func(*batchConn)
+	closed       func(*batchConn)
 }
 
 func (l *batchListener) Accept() (net.Conn, error) {
@@ -203,5 +213,9 @@ func (l *batchListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &batchConn{Conn: c, writeTimeout: l.writeTimeout}, nil
+	bc := &batchConn{Conn: c, writeTimeout: l.writeTimeout, closed: l.closed}
+	if l.opened != nil {
+		l.opened(bc)
+	}
+	return bc, nil
 }

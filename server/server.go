@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -45,8 +46,9 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 
-	mu       sync.Mutex
-	sessions map[*session]struct{}
+	mu sync.Mutex
+	// conns are the open connections and their sessions (nil before LHLO).
+	conns    map[*batchConn]*session
 	stopping bool
 	active   int           // transactions between MAIL and their end
 	idle     chan struct{} // closed when active drops to 0 while stopping
@@ -60,7 +62,7 @@ func New(be smtp.Backend, opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{be: be, opts: opts, log: opts.Logger, sessions: map[*session]struct{}{}, idle: make(chan struct{})}
+	s := &Server{be: be, opts: opts, log: opts.Logger, conns: map[*batchConn]*session{}, idle: make(chan struct{})}
 	srv := smtp.NewServer(s)
 	srv.LMTP = true
 	srv.Domain = opts.Hostname
@@ -84,7 +86,7 @@ func (s *Server) Serve(l net.Listener) error {
 	if s.opts.MaxConnections > 0 {
 		l = &limitListener{Listener: l, sem: make(chan struct{}, s.opts.MaxConnections), log: s.log}
 	}
-	l = &batchListener{Listener: l, writeTimeout: s.opts.WriteTimeout}
+	l = &batchListener{Listener: l, writeTimeout: s.opts.WriteTimeout, opened: s.opened, closed: s.closed}
 	s.serving.Add(1)
 	defer s.serving.Done()
 	err := s.srv.Serve(l)
@@ -105,18 +107,18 @@ func (s *Server) Shutdown(grace time.Duration) {
 		return
 	}
 	s.stopping = true
-	var idle []*session
-	for t := range s.sessions {
-		if !t.inTx {
-			idle = append(idle, t)
+	var idle []*batchConn
+	for bc, t := range s.conns {
+		if t == nil || !t.inTx {
+			idle = append(idle, bc)
 		}
 	}
 	if s.active == 0 {
 		close(s.idle)
 	}
 	s.mu.Unlock()
-	for _, t := range idle {
-		t.hangUp()
+	for _, bc := range idle {
+		bc.hangUp()
 	}
 
 	// go-smtp's Shutdown closes the listeners and then waits for its
@@ -135,13 +137,15 @@ func (s *Server) Shutdown(grace time.Duration) {
 	case <-s.idle:
 	case <-t.C:
 		s.mu.Lock()
-		left := make([]*session, 0, len(s.sessions))
-		for t := range s.sessions {
-			left = append(left, t)
-		}
+		left := make(map[*batchConn]*session, len(s.conns))
+		maps.Copy(left, s.conns)
 		s.mu.Unlock()
 		s.log.Warn("shutdown grace period over, closing connections with transactions under way", "grace", grace, "connections", len(left))
-		for _, t := range left {
+		for bc, t := range left {
+			if t == nil {
+				bc.Close()
+				continue
+			}
 			// Closes the socket and calls Logout, which cancels the
 			// session's context: its outbound waits end, it stores nothing
 			// more, and its client defers the mail.
@@ -166,15 +170,32 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	}
 	t := &session{LMTPSession: lmtp, srv: s, conn: c}
 	t.bc, _ = c.Conn().(*batchConn)
+	if t.bc != nil {
+		s.mu.Lock()
+		if _, open := s.conns[t.bc]; open {
+			s.conns[t.bc] = t
+		}
+		s.mu.Unlock()
+	}
+	return t, nil
+}
+
+// opened registers an accepted connection; one accepted just before the
+// listener closed is hung up at once.
+func (s *Server) opened(bc *batchConn) {
 	s.mu.Lock()
-	s.sessions[t] = struct{}{}
+	s.conns[bc] = nil
 	stopping := s.stopping
 	s.mu.Unlock()
 	if stopping {
-		// Accepted just before the listener closed.
-		t.hangUp()
+		bc.hangUp()
 	}
-	return t, nil
+}
+
+func (s *Server) closed(bc *batchConn) {
+	s.mu.Lock()
+	delete(s.conns, bc)
+	s.mu.Unlock()
 }
 
 // session tracks one connection's transaction for Shutdown.
@@ -220,10 +241,6 @@ func (t *session) Reset() {
 
 func (t *session) Logout() error {
 	err := t.LMTPSession.Logout()
-	s := t.srv
-	s.mu.Lock()
-	delete(s.sessions, t)
-	s.mu.Unlock()
 	t.endTx()
 	return err
 }
