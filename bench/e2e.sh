@@ -12,6 +12,8 @@
 # daemons run from temp dirs (internal/mailstacktest); nothing system-wide is
 # touched. The machines are noisy: compare the ratio, not the rates.
 # FILTER_ENV is put in the daemon's environment only (e.g. GOMAXPROCS=1).
+# SMIMEFILTER_BENCH_BIN=PATH runs another smimefilter binary (e.g. an older
+# commit's build) in the filter path, for before/after figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}

@@ -58,8 +58,8 @@ type Config struct {
 	} `toml:"limits"`
 	Spool struct {
 		// Dir is where encrypted message data beyond Memory goes, in a
-		// private directory of the daemon's; "" is $RUNTIME_DIRECTORY,
-		// else the system's temporary directory.
+		// private directory of the daemon's; "" is $CACHE_DIRECTORY,
+		// else /var/tmp.
 		Dir    string `toml:"dir"`
 		Memory int64  `toml:"memory"`
 	} `toml:"spool"`
@@ -127,7 +127,7 @@ func defaultConfig() *Config {
 	c.Deliver.DialTimeout.Duration = 10 * time.Second
 	c.Deliver.CommandTimeout.Duration = 2 * time.Minute
 	c.Deliver.DataTimeout.Duration = 10 * time.Minute
-	c.Spool.Memory = 1 << 20
+	c.Spool.Memory = 256 << 10
 	c.Certs.Lookup = "original"
 	c.Policy.MissingCertificate = string(filter.Tempfail)
 	c.Policy.KeyTransport = "rsa-pkcs1v15"
@@ -415,15 +415,16 @@ func (c *Config) logNotes(log *slog.Logger) {
 }
 
 // spoolBase is the directory the daemon makes its private spool directory
-// in: spool.dir, else the service's runtime directory (systemd's
-// RuntimeDirectory=, the first of them if there are several), else the
-// system's temporary directory.
+// in: spool.dir, else the service's cache directory (systemd's
+// CacheDirectory=, the first of them if there are several), else /var/tmp.
+// Both are on disk: a spool in /run or a tmpfs /tmp would hold large
+// messages in memory after all, which is what spooling is for avoiding.
 func (c *Config) spoolBase() string {
 	if c.Spool.Dir != "" {
 		return c.Spool.Dir
 	}
-	if rd, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); rd != "" {
-		return rd
+	if cd, _, _ := strings.Cut(os.Getenv("CACHE_DIRECTORY"), ":"); cd != "" {
+		return cd
 	}
-	return os.TempDir()
+	return "/var/tmp"
 }

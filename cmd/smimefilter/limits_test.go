@@ -57,15 +57,15 @@ func TestMaxCopiesIgnored(t *testing.T) {
 }
 
 // TestSpoolDirectory: the daemon spools in a private directory (0700) it
-// makes in spool.dir, else in $RUNTIME_DIRECTORY (systemd's
+// makes in spool.dir, else in $CACHE_DIRECTORY (systemd's
 // RuntimeDirectory=), and removes at exit.
 func TestSpoolDirectory(t *testing.T) {
 	tests := []struct {
 		name     string
 		spoolDir bool // set spool.dir
-		runtime  bool // set RUNTIME_DIRECTORY
+		runtime  bool // set CACHE_DIRECTORY
 	}{
-		{name: "RUNTIME_DIRECTORY", runtime: true},
+		{name: "CACHE_DIRECTORY", runtime: true},
 		{name: "spool.dir wins", spoolDir: true, runtime: true},
 	}
 	for _, tt := range tests {
@@ -89,7 +89,7 @@ func TestSpoolDirectory(t *testing.T) {
 			}
 			var env []string
 			if tt.runtime {
-				env = append(env, "RUNTIME_DIRECTORY="+runtimeDir)
+				env = append(env, "CACHE_DIRECTORY="+runtimeDir)
 			}
 			d := e.start(t, nil, env...)
 			// Serving: the spool directory exists by now.
