@@ -25,7 +25,8 @@ chmod 755 "$work"
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 command -v /usr/bin/time >/dev/null || { echo "needs GNU time (apt-get install time)"; exit 1; }
 
-go build -o "$work/smimefilter" ./cmd/smimefilter
+# FILTER_BIN runs another build (an older commit's) for before/after figures.
+if [ -n "${FILTER_BIN:-}" ]; then cp "$FILTER_BIN" "$work/smimefilter"; else go build -o "$work/smimefilter" ./cmd/smimefilter; fi
 go build -o "$work/lmtp-send" ./bench/lmtp-send
 mkdir "$work/certs"
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/key.pem" -out "$work/certs/rcpt.pem" \

@@ -80,12 +80,21 @@ func TestSealCorpus(t *testing.T) {
 		t.Run(m.Name, func(t *testing.T) {
 			t.Parallel()
 			s, h, ct := sealMessage(t, m.Raw, smime.Options{})
-			for _, r := range []*smimetest.Recipient{alice, bob} {
+			rs := []*smimetest.Recipient{alice, bob}
+			if m.Large {
+				// TestEncryptCorpus runs it through every decryptor; here
+				// one copy and OpenSSL show the seal streams it whole.
+				rs = rs[:1]
+			}
+			for _, r := range rs {
 				out := copyFor(t, s, ct, r.Cert)
 				checkOuter(t, m.Raw, out)
 				der := envelopeOf(t, out)
 				checkOnlyRecipients(t, der, r.Cert)
 				for _, d := range decryptors[r] {
+					if m.Large && d.Name != "openssl" {
+						continue
+					}
 					got, err := d.Decrypt(der)
 					if err != nil {
 						t.Errorf("%s for %s: %v", d.Name, r.Addr, err)
