@@ -237,6 +237,12 @@ func (s *session) send(c *outCopy, msg *message) []error {
 	if err != nil {
 		return deliverErrs(len(c.addrs), err)
 	}
+	// Whatever happens below, a panic included, the transaction ends and
+	// its connection goes back or is closed; after Commit it is a no-op.
+	defer tx.Abort()
+	if !slices.Contains(tx.Rejected(), nil) {
+		return tx.Rejected() // every recipient refused at RCPT: nothing to send
+	}
 	if err := writeCopy(tx, c, msg); err != nil {
 		tx.Abort()
 		// Refusals at RCPT stay what they were; the rest share the failure.

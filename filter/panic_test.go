@@ -3,8 +3,10 @@ package filter
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -52,7 +54,10 @@ func TestPanicStaysInItsSession(t *testing.T) {
 	for _, when := range []string{"begin", "commit"} {
 		t.Run(when, func(t *testing.T) {
 			f := startFakeLMTP(t)
-			pool := deliver.NewPool(deliver.PoolOptions{Network: "unix", Addr: f.path, LMTP: true, LocalName: "filter.test"})
+			// One connection: a transaction a panic left open would keep it,
+			// and every later message would wait for it in vain.
+			pool := deliver.NewPool(deliver.PoolOptions{Network: "unix", Addr: f.path, LMTP: true, LocalName: "filter.test",
+				MaxConns: 1, DialTimeout: time.Second})
 			t.Cleanup(func() { pool.Close() })
 			rf := startFilter(t, f.path, filterOpts{cfg: Config{Deliver: &panicTarget{next: pool, when: when}}})
 			cl := lmtpClient(t, rf.path)
@@ -92,5 +97,29 @@ func TestPanicAtMail(t *testing.T) {
 	cl.Reset()
 	if err := cl.Noop(); err != nil {
 		t.Errorf("connection unusable after the panic: %v", err)
+	}
+}
+
+// TestBDATResetDuringData: with BDAT, go-smtp runs the DATA phase in a
+// goroutine of its own and takes RSET and the next MAIL while it still
+// runs; the transaction the DATA phase works on must not change under it
+// (go test -race finds it when it does), and nothing is delivered.
+func TestBDATResetDuringData(t *testing.T) {
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{})
+	_, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	for range 20 {
+		cmd("MAIL FROM:<s@example.net>\r\n")
+		cmd("RCPT TO:<a@example.org>\r\n")
+		part := "Subject: chunks\r\n\r\nfirst line\r\n"
+		cmd("BDAT " + strconv.Itoa(len(part)) + "\r\n" + part)
+		cmd("RSET\r\n")
+	}
+	if got := cmd("MAIL FROM:<s@example.net>\r\n"); !strings.HasPrefix(got, "250") {
+		t.Errorf("MAIL after the resets: %q", got)
+	}
+	if n := len(f.messages()); n != 0 {
+		t.Errorf("%d messages delivered from transactions reset mid-BDAT, want 0", n)
 	}
 }

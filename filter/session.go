@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -25,7 +26,10 @@ type session struct {
 	ctx    context.Context // cancelled when the connection closes
 	cancel context.CancelFunc
 
-	// The transaction.
+	// The transaction. mu guards it: with BDAT, go-smtp runs LMTPData in a
+	// goroutine of its own and may call Reset (RSET) and Mail while it still
+	// runs, so LMTPData works on a copy taken when it starts (transaction).
+	mu    sync.Mutex
 	seq   int
 	from  string
 	opts  smtp.MailOptions
@@ -68,17 +72,21 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 			err = s.reply(s.recovered("MAIL", v))
 		}
 	}()
-	s.Reset()
+	var store *certs.Store
+	if s.b.cfg.Certs != nil {
+		// One snapshot for the whole transaction: a reload in between
+		// cannot give two recipients plans from two stores.
+		store = s.b.cfg.Certs.Current()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.resetLocked()
 	s.seq++
 	s.from = from
 	if opts != nil {
 		s.opts = *opts
 	}
-	if s.b.cfg.Certs != nil {
-		// One snapshot for the whole transaction: a reload in between
-		// cannot give two recipients plans from two stores.
-		s.store = s.b.cfg.Certs.Current()
-	}
+	s.store = store
 	return nil
 }
 
@@ -88,15 +96,27 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) (err error) {
 			err = s.refuse(&rcpt{addr: to, action: actRefused}, s.recovered("RCPT", v))
 		}
 	}()
-	r, missing, err := s.b.plan.plan(to, s.store)
+	t := s.transaction()
+	r, missing, err := s.b.plan.plan(to, t.store)
 	if err == nil && missing != nil {
-		err = s.verifyMissing(r, missing)
+		err = t.verifyMissing(r, missing)
 	}
 	if err != nil {
-		return s.refuse(r, err)
+		return t.refuse(r, err)
 	}
+	s.mu.Lock()
 	s.rcpts = append(s.rcpts, r)
+	s.mu.Unlock()
 	return nil
+}
+
+// transaction returns a copy of the session with the transaction as it is
+// now, for work that must not see later commands.
+func (s *session) transaction() *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &session{b: s.b, id: s.id, log: s.log, ctx: s.ctx, cancel: s.cancel,
+		seq: s.seq, from: s.from, opts: s.opts, store: s.store, rcpts: s.rcpts}
 }
 
 // refuse logs a recipient refused at RCPT and returns its reply.
@@ -124,6 +144,12 @@ func (s *session) verifyMissing(r *rcpt, missing error) error {
 }
 
 func (s *session) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.resetLocked()
+}
+
+func (s *session) resetLocked() {
 	s.from = ""
 	s.opts = smtp.MailOptions{}
 	s.store = nil
@@ -147,7 +173,12 @@ func (s *session) Logout() error {
 func (s *session) Data(io.Reader) error { return s.withID(replyLMTPOnly) }
 
 // LMTPData implements smtp.LMTPSession: one status per RCPT, RFC 2033 §4.2.
+//
+// It returns a temporary failure, which go-smtp gives only to recipients
+// that have no status yet: should a path ever leave one out, that recipient
+// is deferred, not told 250.
 func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
+	s = s.transaction()
 	reported := make(map[*rcpt]bool, len(s.rcpts))
 	report := func(rc *rcpt, se *smtp.SMTPError) {
 		reported[rc] = true
@@ -174,7 +205,7 @@ func (s *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 		}
 	}()
 	s.deliver(r, report)
-	return nil
+	return s.withID(replyTempFail)
 }
 
 // logOutcome writes the one line per recipient outcome.

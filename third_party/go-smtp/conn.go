@@ -1043,13 +1043,17 @@ func (c *Conn) handleBdat(arg string) {
 		r, c.bdatPipe = io.Pipe()
 
 		c.dataResult = make(chan error, 1)
+		// smimefilter patch: the goroutine keeps its own channel and status
+		// collector; a RSET and a new BDAT replace c's while it may still
+		// run (a data race, and a result sent to the wrong transaction).
+		dataResult, bdatStatus := c.dataResult, c.bdatStatus
 
 		go func() {
 			defer func() {
 				if err := recover(); err != nil {
-					c.handlePanic(err, c.bdatStatus)
+					c.handlePanic(err, bdatStatus)
 
-					c.dataResult <- errPanic
+					dataResult <- errPanic
 					r.CloseWithError(errPanic)
 				}
 			}()
@@ -1062,14 +1066,14 @@ func (c *Conn) handleBdat(arg string) {
 				if !ok {
 					err = c.Session().Data(r)
 					for _, rcpt := range c.recipients {
-						c.bdatStatus.SetStatus(rcpt, err)
+						bdatStatus.SetStatus(rcpt, err)
 					}
 				} else {
-					err = lmtpSession.LMTPData(r, c.bdatStatus)
+					err = lmtpSession.LMTPData(r, bdatStatus)
 				}
 			}
 
-			c.dataResult <- err
+			dataResult <- err
 			r.CloseWithError(err)
 		}()
 	}
