@@ -289,7 +289,15 @@ func (w *dotWriter) end() error {
 		w.c.bw.WriteString("\r\n")
 	}
 	w.c.bw.WriteString(".\r\n")
-	return w.c.flush()
+	if err := w.c.flush(); err != nil {
+		return err
+	}
+	// The buffer goes back to the pool with the connection: clear the last
+	// bytes of the message it held (plaintext, for an unencrypted copy).
+	// After a flush the whole buffer is available.
+	b := w.c.bw.AvailableBuffer()
+	clear(b[:cap(b)])
+	return nil
 }
 
 // quit ends a healthy connection politely, without waiting long for it.

@@ -31,6 +31,9 @@ type PoolOptions struct {
 	MaxLifetime time.Duration
 	// DialTimeout bounds connecting and the greeting. Default 10s.
 	DialTimeout time.Duration
+	// WaitTimeout bounds the wait for a free connection while MaxConns are
+	// in use. Default DataTimeout: as long as a transaction may hold one.
+	WaitTimeout time.Duration
 	// CommandTimeout bounds each command's reply and each write of message
 	// data. Default 2m.
 	CommandTimeout time.Duration
@@ -62,6 +65,12 @@ func (o *PoolOptions) setDefaults() {
 	}
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = 10 * time.Second
+	}
+	if o.WaitTimeout <= 0 {
+		o.WaitTimeout = o.DataTimeout
+		if o.WaitTimeout <= 0 {
+			o.WaitTimeout = 10 * time.Minute
+		}
 	}
 	if o.CommandTimeout <= 0 {
 		o.CommandTimeout = 2 * time.Minute
@@ -272,17 +281,18 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		wait := p.freed
 		p.mu.Unlock()
 		if timer == nil {
-			// Transactions hold their connections until they end, and one
-			// may need several (one per copy): waiting without a bound could
-			// deadlock two transactions that each hold what the other needs.
-			// A bounded wait turns that into a temporary failure instead.
-			timer = time.NewTimer(p.opts.DialTimeout)
+			// A session holds at most one connection at a time (a message's
+			// copies go out one after another), so waiting cannot deadlock;
+			// a burst above MaxConns waits for a connection to come back
+			// rather than deferring mail, for as long as a transaction may
+			// legitimately hold one. The context ends the wait sooner.
+			timer = time.NewTimer(p.opts.WaitTimeout)
 			defer timer.Stop()
 		}
 		select {
 		case <-wait:
 		case <-timer.C:
-			return nil, fmt.Errorf("no free connection to %s within %v (%d open): %w", p.opts.Addr, p.opts.DialTimeout, p.opts.MaxConns, ErrUnreachable)
+			return nil, fmt.Errorf("no free connection to %s within %v (%d open): %w", p.opts.Addr, p.opts.WaitTimeout, p.opts.MaxConns, ErrUnreachable)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for a free connection to %s: %w: %w", p.opts.Addr, ErrUnreachable, context.Cause(ctx))
 		}

@@ -587,7 +587,7 @@ func TestLimits(t *testing.T) {
 	})
 	t.Run("MaxConns", func(t *testing.T) {
 		peer := startPeer(t, &fakePeer{ext: pipelining})
-		p := newPool(t, peer, PoolOptions{MaxConns: 1, DialTimeout: time.Second})
+		p := newPool(t, peer, PoolOptions{MaxConns: 1, WaitTimeout: time.Second})
 		held, err := p.Begin(ctx, Envelope{From: "s@example.net", Rcpts: []string{"a@example.org"}})
 		if err != nil {
 			t.Fatal(err)

@@ -184,8 +184,11 @@ func (p *Pool) Verify(ctx context.Context, from, rcpt string) error {
 	if err := checkEnvelope(Envelope{From: from, Rcpts: []string{rcpt}}); err != nil {
 		return err
 	}
-	build := func(*client) []string {
-		return []string{"MAIL FROM:<" + mailbox.Quote(from) + ">", "RCPT TO:<" + mailbox.Quote(rcpt) + ">"}
+	// The MAIL command Begin would send, so that the answer is the one the
+	// delivery would get.
+	env := Envelope{From: from, UTF8: !isASCII(from) || !isASCII(rcpt)}
+	build := func(c *client) []string {
+		return []string{mailCommand(c, env), "RCPT TO:<" + mailbox.Quote(rcpt) + ">"}
 	}
 	pc, replies, err := p.converse(ctx, build, func(done []reply) bool { return done[0].code == 250 })
 	if err != nil {
@@ -195,7 +198,8 @@ func (p *Pool) Verify(ctx context.Context, from, rcpt string) error {
 	p.put(pc, replies[0].code == 250 && (accepted(replies[1]) || replies[1].code >= 400))
 	switch {
 	case replies[0].code != 250:
-		return refusal(replies[0])
+		// A refused MAIL says nothing about the recipient: not its reply.
+		return fmt.Errorf("verify: MAIL refused (%v), nothing learned about %s: %w", refusal(replies[0]), rcpt, ErrAborted)
 	case !accepted(replies[1]):
 		return refusal(replies[1])
 	}
@@ -329,4 +333,13 @@ func (tx *poolTx) Abort() {
 		return
 	}
 	tx.p.discard(tx.pc)
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

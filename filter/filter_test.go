@@ -148,7 +148,7 @@ func TestPoolExhaustedIsTemporary(t *testing.T) {
 	// One outbound connection: a second transaction cannot get one while
 	// the first is delivered, and must fail over in bounded time, not wait
 	// for ever.
-	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxConns: 1, MaxIdle: 1, DialTimeout: 300 * time.Millisecond}})
+	rf := startFilter(t, f.path, filterOpts{pool: deliver.PoolOptions{MaxConns: 1, MaxIdle: 1, WaitTimeout: 300 * time.Millisecond}})
 	first := make(chan map[string]result, 1)
 	go func() {
 		first <- send(t, lmtpClient(t, rf.path), "s@example.net", []string{"a@example.org"}, msg("first", "x\r\n"))
@@ -621,9 +621,10 @@ func TestShutdownGraceExpires(t *testing.T) {
 	if codes := replyCodes(string(b)); slices.ContainsFunc(codes, func(c int) bool { return c < 400 }) {
 		t.Errorf("got %q after the grace period, want no success reply", b)
 	}
-	// Shutdown returned: every connection's goroutine is done.
-	if len(f.messages()) != 0 {
-		t.Errorf("a message cut by shutdown was delivered")
+	// Shutdown returned: every connection's goroutine is done, and the
+	// transaction it cut ended as a deferral.
+	if logs := rf.logs.String(); !strings.Contains(logs, "rcpt=a@example.org") || !strings.Contains(logs, "code=451") {
+		t.Errorf("the cut transaction did not end deferred:\n%s", logs)
 	}
 }
 

@@ -57,7 +57,7 @@ func TestPanicStaysInItsSession(t *testing.T) {
 			// One connection: a transaction a panic left open would keep it,
 			// and every later message would wait for it in vain.
 			pool := deliver.NewPool(deliver.PoolOptions{Network: "unix", Addr: f.path, LMTP: true, LocalName: "filter.test",
-				MaxConns: 1, DialTimeout: time.Second})
+				MaxConns: 1, WaitTimeout: time.Second})
 			t.Cleanup(func() { pool.Close() })
 			rf := startFilter(t, f.path, filterOpts{cfg: Config{Deliver: &panicTarget{next: pool, when: when}}})
 			cl := lmtpClient(t, rf.path)

@@ -21,7 +21,7 @@ func TestPlan(t *testing.T) {
 	}
 	rw, err := recipients.Compile([]recipients.Rule{
 		{Match: `^(.*)@old\.example$`, Replace: `$1@example.org`},
-		{Match: `^broken@`, Replace: `a b c@`},
+		{Match: `^broken@`, Replace: "a\tb@"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +58,7 @@ func TestPlan(t *testing.T) {
 		{name: "empty default is tempfail", p: planner{rewriter: rw}, to: "bob@example.org", store: store, rewritten: "bob@example.org", missing: ErrNoCertificate},
 		{name: "not hosted: reinjected", p: planner{rewriter: rw, policy: policy, hosted: map[string]bool{"example.org": true}}, to: "carol@elsewhere.example", store: store, rewritten: "carol@elsewhere.example", action: actReinject},
 		{name: "hosted after rewriting", p: planner{rewriter: rw, policy: policy, hosted: map[string]bool{"example.org": true}}, to: "alice@old.example", store: store, rewritten: "alice@example.org", missing: ErrNoCertificate},
-		{name: "rule gives an invalid address", p: base, to: "broken@example.org", store: store, rewritten: "a b c@example.org", err: recipients.ErrInvalidAddress},
+		{name: "rule gives an invalid address", p: base, to: "broken@example.org", store: store, rewritten: "a\tb@example.org", err: recipients.ErrInvalidAddress},
 		{name: "unchanged odd address is not judged", p: base, to: "x y@example.org", store: store, rewritten: "x y@example.org", missing: ErrNoCertificate},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

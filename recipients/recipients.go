@@ -4,10 +4,11 @@
 // Rules apply in sequence, the way a chain of Postfix canonical maps or
 // samotop's Mapper does: every rule sees the output of the rule before it, and
 // a rule that does not match leaves the address as it is. The result must still
-// be a deliverable mailbox (RFC 5321 §4.1.2, §4.5.3.1.3): one "@", no CR, LF or
-// NUL, at most 254 octets.
+// be a deliverable mailbox (RFC 5321 §4.1.2, §4.5.3.1.3): a local part and a
+// domain, no control characters, at most 254 octets. Addresses are in the
+// form go-smtp gives them: a quoted local part by its content.
 //
-// The package is pure: standard library only, no I/O.
+// The package is pure: the standard library and internal/mailbox, no I/O.
 package recipients
 
 import (
@@ -15,6 +16,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/smimefilter/smimefilter/internal/mailbox"
 )
 
 // MaxAddressLength is the longest mailbox accepted, in octets: the 256-octet
@@ -94,13 +97,20 @@ func (rw *Rewriter) Rewrite(addr string) (string, error) {
 	if out == addr {
 		return out, nil
 	}
+	// Addresses travel in the form go-smtp gives them: a quoted local part
+	// by its content, without the quotes (deliver quotes it again on the
+	// command line). A rule that writes the quoted form means the same.
+	if at := strings.LastIndexByte(out, '@'); at > 0 {
+		out = mailbox.UnquoteLocal(out[:at]) + out[at:]
+	}
 	if err := Validate(out); err != nil {
 		return out, fmt.Errorf("rewriting %q gave %q: %w", addr, out, err)
 	}
 	return out, nil
 }
 
-// Validate checks that addr can be used as an RFC 5321 forward-path mailbox.
+// Validate checks that addr (go-smtp's form: a quoted local part by its
+// content) can be used as an RFC 5321 forward-path mailbox.
 // It checks structure, not deliverability: that is the final server's call.
 func Validate(addr string) error {
 	switch {
@@ -123,12 +133,15 @@ func Validate(addr string) error {
 	if local == "" {
 		return fmt.Errorf("%w: empty local part", ErrInvalidAddress)
 	}
-	// RFC 5321 §4.1.2: a quoted-string local part may hold spaces and "@";
-	// a dot-string may not. The 64-octet local-part limit of §4.5.3.1.1 is a
-	// minimum servers must support, not a maximum, so the next hop decides.
-	quoted := len(local) >= 2 && local[0] == '"' && local[len(local)-1] == '"'
-	if !quoted && strings.ContainsAny(local, " \t@") {
-		return fmt.Errorf("%w: unquoted local part %q has a space, tab or @", ErrInvalidAddress, local)
+	// The local part is checked as what it means (go-smtp's form: a quoted
+	// one by its content): RFC 5321 §4.1.2's quoted-string can carry any
+	// printable character and space, nothing else. The 64-octet limit of
+	// §4.5.3.1.1 is a minimum servers must support, not a maximum, so the
+	// next hop decides.
+	for i := 0; i < len(local); i++ {
+		if c := local[i]; c < 0x20 || c == 0x7f {
+			return fmt.Errorf("%w: local part %q has a control character", ErrInvalidAddress, local)
+		}
 	}
 	if strings.ContainsAny(domain, " \t") {
 		return fmt.Errorf("%w: domain %q has a space or tab", ErrInvalidAddress, domain)

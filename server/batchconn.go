@@ -167,6 +167,10 @@ func (c *batchConn) sayGoodbye() error {
 // Close sends what is held back, waiting at most a second: a client that
 // does not read its last reply is not worth holding a shutdown for.
 func (c *batchConn) Close() error {
+	// The connection's own goroutine may be blocked writing to a client
+	// that does not read, holding c.mu: a near deadline ends that write
+	// first, so Close never waits for the full write timeout.
+	c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 	c.flush(time.Second)
 	if c.closed != nil {
 		c.closeOnce.Do(func() { c.closed(c) })

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"sync"
 
@@ -124,6 +125,15 @@ func (s *Spool) Close() error {
 // supported, one whose name is removed at once.
 func openUnnamed(dir string) (*os.File, error) {
 	f, err := os.OpenFile(dir, os.O_RDWR|unix.O_TMPFILE, 0o600)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Files without names leave the directory's times alone, so a
+		// cleaner of old temporary files (systemd-tmpfiles on /var/tmp)
+		// may have taken it: make it again rather than fail every large
+		// message until a restart.
+		if merr := os.Mkdir(dir, 0o700); merr == nil || errors.Is(merr, fs.ErrExist) {
+			f, err = os.OpenFile(dir, os.O_RDWR|unix.O_TMPFILE, 0o600)
+		}
+	}
 	if err == nil {
 		return f, nil
 	}

@@ -89,3 +89,23 @@ func TestPrivateDir(t *testing.T) {
 		t.Errorf("got mode %v, want a directory with 0700", fi.Mode())
 	}
 }
+
+// TestSpoolDirRemoved: a spool directory removed under the daemon (by a
+// cleaner of old temporary files) is made again.
+func TestSpoolDirRemoved(t *testing.T) {
+	dir, err := PrivateDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	s := New(dir, 0)
+	defer s.Close()
+	if _, err := s.Write([]byte("ciphertext")); err != nil {
+		t.Fatalf("Write after the directory was removed: %v", err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("directory not made again private: %v, %v", fi, err)
+	}
+}
