@@ -28,8 +28,9 @@ package encrypted
 
 import (
 	"errors"
-	"mime"
 	"strings"
+
+	"github.com/smimefilter/smimefilter/internal/mediatype"
 )
 
 // stage is one layer of the body's decoding: a transfer decoding, a MIME or
@@ -60,7 +61,7 @@ var errNotCandidate = errors.New("header: the media type or transfer encoding ru
 // application/pgp-encrypted or without a usable boundary; or a transfer
 // encoding the body type cannot have.
 func NewChecker(contentType, transferEncoding string) *Checker {
-	mt, params := parseContentType(contentType)
+	mt, params := mediatype.Parse(contentType)
 	cte := strings.ToLower(strings.TrimSpace(transferEncoding))
 	identity := cte == "" || cte == "7bit" || cte == "8bit" || cte == "binary"
 	switch mt {
@@ -130,35 +131,6 @@ func (c *Checker) Result() (ok bool, reason string) {
 		return false, c.err.Error()
 	}
 	return true, ""
-}
-
-// parseContentType returns the lower-case media type and the parameters
-// (names lower-cased). A value that mime.ParseMediaType rejects is parsed
-// leniently: a syntax error elsewhere in the field must not hide the media
-// type; the body is still checked in full.
-func parseContentType(v string) (string, map[string]string) {
-	if strings.TrimSpace(v) == "" {
-		return "", nil
-	}
-	mt, params, err := mime.ParseMediaType(v)
-	if err == nil {
-		return mt, params
-	}
-	parts := strings.Split(v, ";")
-	mt = strings.ToLower(strings.TrimSpace(parts[0]))
-	params = make(map[string]string)
-	for _, p := range parts[1:] {
-		k, val, ok := strings.Cut(p, "=")
-		if !ok {
-			continue
-		}
-		k = strings.ToLower(strings.TrimSpace(k))
-		val = strings.Trim(strings.TrimSpace(val), `"`)
-		if _, dup := params[k]; !dup {
-			params[k] = val
-		}
-	}
-	return mt, params
 }
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }

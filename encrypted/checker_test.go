@@ -8,6 +8,8 @@ import (
 	"mime/quotedprintable"
 	"strings"
 	"testing"
+
+	"github.com/smimefilter/smimefilter/internal/mediatype"
 )
 
 // verdict feeds body to a checker whole, one byte at a time and in random
@@ -129,7 +131,7 @@ func significant(tc testCase) int {
 		}
 	}
 	var d int
-	mt, params := parseContentType(tc.ct)
+	mt, params := mediatype.Parse(tc.ct)
 	switch mt {
 	case "application/pkcs7-mime":
 		d = len(decoded)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"strings"
+
+	"github.com/smimefilter/smimefilter/internal/mediatype"
 )
 
 // pgpMIME checks a multipart/encrypted body (RFC 3156 §4, RFC 2046 §5.1.1):
@@ -249,7 +251,7 @@ func (m *pgpMIME) endHeader() error {
 	if cte != "" && cte != "7bit" && cte != "8bit" && cte != "binary" {
 		return errMIMECTE
 	}
-	mt, _ := parseContentType(ct)
+	mt, _ := mediatype.Parse(ct)
 	if m.part == 1 {
 		if mt != "application/pgp-encrypted" {
 			return errMIMEType1

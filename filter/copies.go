@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/smimefilter/smimefilter/deliver"
 	"github.com/smimefilter/smimefilter/encrypted"
+	"github.com/smimefilter/smimefilter/internal/mediatype"
 	"github.com/smimefilter/smimefilter/smime"
 	"github.com/smimefilter/smimefilter/spool"
 )
@@ -171,8 +171,7 @@ func (s *session) receive(r io.Reader) (*message, error) {
 // failed check is worth a log line (plain text bodies are checked too, for
 // inline PGP, and fail silently).
 func claimsEncryption(h *smime.Header) bool {
-	mt, _, _ := strings.Cut(strings.ToLower(h.Get("Content-Type")), ";")
-	mt = strings.TrimSpace(mt)
+	mt, _ := mediatype.Parse(h.Get("Content-Type"))
 	return mt == "application/pkcs7-mime" || mt == "application/x-pkcs7-mime" || mt == "multipart/encrypted"
 }
 

@@ -6,8 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"strings"
+
+	"github.com/smimefilter/smimefilter/internal/mediatype"
 )
 
 // The outer MIME fields of an enveloped message (RFC 8551 §3.2, §3.2.1:
@@ -205,7 +206,7 @@ func writeInnerHeader(b *bytes.Buffer, h *Header, hp bool, nl []byte) {
 // field that already has an hp parameter is left alone: a second one would
 // make the field invalid.
 func withHPCipher(raw, nl []byte) []byte {
-	if _, params := parseContentType(fieldValue(raw)); params != nil {
+	if _, params := mediatype.Parse(fieldValue(raw)); params != nil {
 		if _, ok := params["hp"]; ok {
 			return raw
 		}
@@ -218,33 +219,4 @@ func withHPCipher(raw, nl []byte) []byte {
 	out = append(out, nl...)
 	out = append(out, ` hp="cipher"`...)
 	return append(out, nl...)
-}
-
-// parseContentType returns the lower-case media type and the parameters
-// (names lower-cased). A value that mime.ParseMediaType rejects is parsed
-// leniently, because a sender's syntax error must not turn an encrypted
-// message into one that gets encrypted again, nor the reverse.
-func parseContentType(v string) (string, map[string]string) {
-	if v == "" {
-		return "", nil
-	}
-	mt, params, err := mime.ParseMediaType(v)
-	if err == nil {
-		return mt, params
-	}
-	parts := strings.Split(v, ";")
-	mt = strings.ToLower(strings.TrimSpace(parts[0]))
-	params = make(map[string]string)
-	for _, p := range parts[1:] {
-		k, val, ok := strings.Cut(p, "=")
-		if !ok {
-			continue
-		}
-		k = strings.ToLower(strings.TrimSpace(k))
-		val = strings.Trim(strings.TrimSpace(val), `"`)
-		if _, dup := params[k]; !dup {
-			params[k] = val
-		}
-	}
-	return mt, params
 }
