@@ -113,6 +113,11 @@ func (c *Checker) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// Refused reports whether the body is already known not to qualify, before
+// its end: the caller can then treat the message as plaintext at once. A
+// nil Checker (the header ruled pass-through out) is refused.
+func (c *Checker) Refused() bool { return c == nil || c.err != nil }
+
 // Result is the verdict after the whole body was written: ok only for a
 // complete encrypted structure; reason says why not (for the log), e.g.
 // "CMS: data after the end of the ContentInfo". Writes after Result are

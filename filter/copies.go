@@ -38,9 +38,20 @@ type message struct {
 	// pass: the body was verified to be encrypted as a whole, so it is
 	// stored as it came.
 	pass bool
+	// out is where the seal writes; live the copy that streamed while the
+	// message arrived, if one did; partial: the spool does not hold the
+	// whole message (the live copy was the only one).
+	out     *sealOut
+	live    *liveCopy
+	partial bool
+	// plan is the copies when the message is not passed through.
+	plan []*outCopy
 }
 
 func (m *message) close() {
+	if m.live != nil {
+		m.live.tx.Abort() // a no-op once committed
+	}
 	m.seal.Destroy()
 	m.spool.Close()
 }
@@ -68,7 +79,7 @@ func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
 	start := time.Now()
 	cr := &countingReader{r: r}
 	rcpts := s.rcpts
-	msg, err := s.receive(cr)
+	msg, err := s.receive(cr, rcpts)
 	if err != nil {
 		se := s.reply(err)
 		for _, rc := range rcpts {
@@ -78,8 +89,22 @@ func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
 		return
 	}
 	defer msg.close()
-	for _, c := range s.copies(rcpts, msg.pass) {
-		results := s.send(c, msg)
+	plan := msg.plan
+	if msg.pass {
+		plan = s.copies(rcpts, true)
+	}
+	if msg.live != nil {
+		// The live copy first: it holds a connection, and a session must
+		// never wait for a second one while holding one.
+		plan = append([]*outCopy{msg.live.c}, slices.DeleteFunc(slices.Clone(plan), func(c *outCopy) bool { return c == msg.live.c })...)
+	}
+	for _, c := range plan {
+		var results []error
+		if msg.live != nil && c == msg.live.c {
+			results = s.finishLive(msg.live, msg, msg.out)
+		} else {
+			results = s.send(c, msg)
+		}
 		for i, rc := range c.rcpts {
 			err := results[c.index[i]]
 			var se *smtp.SMTPError
@@ -97,7 +122,7 @@ func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
 
 // receive reads the whole message: the header, then the body into the seal
 // and the checker. Nothing is delivered if it does not arrive whole.
-func (s *session) receive(r io.Reader) (*message, error) {
+func (s *session) receive(r io.Reader, rcpts []*rcpt) (*message, error) {
 	// A small reader of its own per message, not pooled: it holds
 	// plaintext, and large reads pass through it unbuffered anyway.
 	br := bufio.NewReaderSize(r, 4096)
@@ -107,19 +132,35 @@ func (s *session) receive(r io.Reader) (*message, error) {
 		return nil, fmt.Errorf("reading message header: %w", dataErr(err))
 	}
 	sp := spool.New(s.b.cfg.SpoolDir, int(s.b.cfg.SpoolMemory))
-	seal, err := smime.NewSeal(sp, hdr, s.b.cfg.SMIME)
+	out := &sealOut{spool: sp}
+	seal, err := smime.NewSeal(out, hdr, s.b.cfg.SMIME)
 	if err != nil {
 		sp.Close()
 		drain(br)
 		return nil, fmt.Errorf("%w: %w", ErrEncrypt, err)
 	}
-	msg := &message{hdr: hdr, seal: seal, spool: sp}
+	msg := &message{hdr: hdr, seal: seal, spool: sp, out: out, plan: s.copies(rcpts, false)}
 	var w io.Writer = seal
 	chk := encrypted.NewChecker(hdr.Get("Content-Type"), hdr.Get("Content-Transfer-Encoding"))
 	if chk != nil {
 		chk.Write(hdr.Lead())
 		w = io.MultiWriter(seal, chk)
 	}
+	// The first encrypted copy streams as the message arrives (live.go).
+	var cand *outCopy
+	for _, c := range msg.plan {
+		if c.action == actEncrypt {
+			cand = c
+			break
+		}
+	}
+	tryLive := func() {
+		if cand != nil && msg.live == nil && chk.Refused() {
+			msg.live = s.startLive(cand, msg, out, len(msg.plan) == 1)
+			cand = nil // one attempt
+		}
+	}
+	tryLive()
 
 	bufp := copyBufs.Get().(*[]byte)
 	buf := *bufp
@@ -134,6 +175,7 @@ func (s *session) receive(r io.Reader) (*message, error) {
 			// After a failed write the rest is still read, so that the
 			// client's next command is found where it should be.
 			_, werr = w.Write(buf[:n])
+			tryLive()
 		}
 		if err == io.EOF {
 			break
@@ -228,11 +270,7 @@ func (s *session) send(c *outCopy, msg *message) []error {
 		// goes out for this message.
 		return deliverErrs(len(c.addrs), fmt.Errorf("before delivery: %w", err))
 	}
-	env := deliver.Envelope{From: s.from, Rcpts: c.addrs, UTF8: s.opts.UTF8}
-	if c.action == actPass || c.action == actReinject {
-		env.Size = s.opts.Size
-	}
-	tx, err := c.target.Begin(ctx, env)
+	tx, err := c.target.Begin(ctx, s.envelope(c))
 	if err != nil {
 		return deliverErrs(len(c.addrs), err)
 	}

@@ -3,6 +3,7 @@ package filter
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -531,5 +532,34 @@ func TestLenientHeaders(t *testing.T) {
 		if err != nil || !bytes.HasSuffix(plain, []byte(tc.wantBody)) {
 			t.Errorf("%s: decrypted %q (%v), want it to end with %q", tc.name, plain, err, tc.wantBody)
 		}
+	}
+}
+
+// TestFirstCopyStreams: a message's first encrypted copy goes to the next
+// hop while the message still arrives, as a one-copy filter would: the
+// outbound transaction is under way before the client ends its data.
+func TestFirstCopyStreams(t *testing.T) {
+	alice := smimetest.NewRecipient(t, "alice@example.org")
+	f := startFakeLMTP(t)
+	rf := startFilter(t, f.path, filterOpts{cfg: Config{Certs: holder(t, certDir(t, alice))}})
+	c, cmd := rawSession(t, rf.path)
+	cmd("LHLO postfix.test\r\n")
+	cmd("MAIL FROM:<s@example.net>\r\n")
+	cmd("RCPT TO:<alice@example.org>\r\n")
+	if r := cmd("DATA\r\n"); !strings.HasPrefix(r, "354") {
+		t.Fatalf("DATA: %q", r)
+	}
+	body := strings.Repeat("streamed while it arrives\r\n", 5000)
+	io.WriteString(c, "Subject: live\r\nContent-Type: text/plain\r\n\r\n"+body)
+	waitFor(t, "the copy's transaction to start before the end of the data", 10*time.Second, func() bool {
+		st := rf.pool.Stats()
+		return st.Open == 1 && st.Idle == 0
+	})
+	if r := cmd(".\r\n"); !strings.HasPrefix(r, "250") {
+		t.Fatalf("end of data: %q", r)
+	}
+	plain, err := smimetest.DecryptOpenSSL(t, envelopeOf(t, copyFor(t, f, "alice@example.org"), alice), alice.CertPEM, alice.KeyPEM)
+	if err != nil || !bytes.HasSuffix(plain, []byte(body)) {
+		t.Errorf("decrypted %d bytes (%v), want the body", len(plain), err)
 	}
 }

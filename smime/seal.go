@@ -182,34 +182,12 @@ func (s *Seal) WriteEnveloped(dst io.Writer, ciphertext io.Reader, recipients []
 	if err := s.ready(); err != nil {
 		return err
 	}
-	if len(recipients) == 0 {
-		return ErrNoRecipients
-	}
-	for _, c := range recipients {
-		if err := checkRecipient(c); err != nil {
-			return err
-		}
-	}
-	rnd := s.opts.Rand
-	if rnd == nil {
-		rnd = rand.Reader
-	}
-	infos := make([]recipientInfo, 0, len(recipients))
-	for _, c := range recipients {
-		ri, err := keyTransRecipientInfo(c, s.key[:], s.opts.KeyTransport, rnd)
-		if err != nil {
-			return err
-		}
-		infos = append(infos, ri)
-	}
-	prefix, err := envelopePrefix(infos, s.iv[:])
+	prefix, err := s.envelopePrefix(recipients)
 	if err != nil {
 		return err
 	}
-	var outer bytes.Buffer
-	writeOuterHeader(&outer, s.h, s.opts.HeaderProtection, s.h.newline())
-	if _, err := dst.Write(outer.Bytes()); err != nil {
-		return fmt.Errorf("smime: writing outer header: %w", err)
+	if err := s.writeOuter(dst); err != nil {
+		return err
 	}
 	b64 := newBase64Lines(dst)
 	if _, err := b64.Write(prefix); err != nil {
@@ -223,6 +201,111 @@ func (s *Seal) WriteEnveloped(dst io.Writer, ciphertext io.Reader, recipients []
 		return err
 	}
 	return b64.Close()
+}
+
+// LiveCopy is an encrypted copy written while the message is still being
+// sealed: its outer header and RecipientInfos go out at once, then each
+// piece of ciphertext the Seal produces is passed to Write, and Close ends
+// the envelope. It lets the first copy of a message stream to its next hop
+// as the message arrives, as a one-copy filter would, instead of waiting for
+// the end; the other copies are made from the spool afterwards.
+type LiveCopy struct {
+	b64 *base64Lines
+	err error
+}
+
+// NewLiveCopy starts a copy for recipients on dst. Call it before the first
+// body byte is written to the Seal, and give it, in order, every byte the
+// Seal writes from the start (its dst output).
+func (s *Seal) NewLiveCopy(dst io.Writer, recipients []*x509.Certificate) (*LiveCopy, error) {
+	if s.mode == nil || s.closed {
+		return nil, errors.New("smime: seal closed or destroyed")
+	}
+	prefix, err := s.envelopePrefix(recipients)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.writeOuter(dst); err != nil {
+		return nil, err
+	}
+	lc := &LiveCopy{b64: newBase64Lines(dst)}
+	if _, err := lc.b64.Write(prefix); err != nil {
+		return nil, err
+	}
+	return lc, nil
+}
+
+// Write frames p, a piece of the sealed ciphertext, as one OCTET STRING
+// segment (any segment lengths are valid BER, X.690 §8.7.3.2).
+func (lc *LiveCopy) Write(p []byte) (int, error) {
+	if lc.err != nil {
+		return 0, lc.err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var hdr [maxOctetStringHL]byte
+	hl := putOctetStringHeader(hdr[:], len(p))
+	if _, err := lc.b64.Write(hdr[:hl]); err != nil {
+		lc.err = err
+		return 0, err
+	}
+	if _, err := lc.b64.Write(p); err != nil {
+		lc.err = err
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Close writes the end-of-contents octets and the last base64 line. The
+// Seal must have been closed, so that the padding went through Write.
+func (lc *LiveCopy) Close() error {
+	if lc.err != nil {
+		return lc.err
+	}
+	var eoc [2 * openIndefinite]byte // X.690 §8.1.5: 00 00 per open encoding
+	if _, err := lc.b64.Write(eoc[:]); err != nil {
+		lc.err = err
+		return err
+	}
+	lc.err = ErrClosed
+	return lc.b64.Close()
+}
+
+// envelopePrefix encodes the BER up to the encrypted content for a copy
+// naming exactly recipients.
+func (s *Seal) envelopePrefix(recipients []*x509.Certificate) ([]byte, error) {
+	if len(recipients) == 0 {
+		return nil, ErrNoRecipients
+	}
+	for _, c := range recipients {
+		if err := checkRecipient(c); err != nil {
+			return nil, err
+		}
+	}
+	rnd := s.opts.Rand
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+	infos := make([]recipientInfo, 0, len(recipients))
+	for _, c := range recipients {
+		ri, err := keyTransRecipientInfo(c, s.key[:], s.opts.KeyTransport, rnd)
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, ri)
+	}
+	return envelopePrefix(infos, s.iv[:])
+}
+
+// writeOuter writes the outer header of an encrypted copy.
+func (s *Seal) writeOuter(dst io.Writer) error {
+	var outer bytes.Buffer
+	writeOuterHeader(&outer, s.h, s.opts.HeaderProtection, s.h.newline())
+	if _, err := dst.Write(outer.Bytes()); err != nil {
+		return fmt.Errorf("smime: writing outer header: %w", err)
+	}
+	return nil
 }
 
 // writeSegments frames the ciphertext as primitive OCTET STRINGs of the
