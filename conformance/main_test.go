@@ -1,11 +1,10 @@
 package conformance
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/smimefilter/smimefilter/internal/mailstacktest"
 )
 
 // daemonBin is the smimefilter binary built by TestMain.
@@ -22,19 +21,9 @@ func TestMain(m *testing.M) {
 		daemonBin = bin
 		os.Exit(m.Run())
 	}
-	dir, err := os.MkdirTemp("", "smimefilter-conformance-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	daemonBin = filepath.Join(dir, "smimefilter")
-	cmd := exec.Command("go", "build", "-o", daemonBin, "./cmd/smimefilter")
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		buildErr = fmt.Errorf("go build ./cmd/smimefilter: %w\n%s", err, out)
-	}
+	bin, remove, err := mailstacktest.BuildDaemon("smimefilter-conformance-bin-")
+	daemonBin, buildErr = bin, err
 	code := m.Run()
-	os.RemoveAll(dir)
+	remove()
 	os.Exit(code)
 }

@@ -10,11 +10,10 @@
 package e2e
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/smimefilter/smimefilter/internal/mailstacktest"
 )
 
 // daemonBin is the smimefilter binary built by TestMain.
@@ -24,22 +23,9 @@ var daemonBin string
 var buildErr error
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "smimefilter-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	daemonBin = filepath.Join(dir, "smimefilter")
-	cmd := exec.Command("go", "build", "-o", daemonBin, "./cmd/smimefilter")
-	cmd.Dir = ".."
-	// The daemon is built without -race whatever the test flags say.
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		buildErr = fmt.Errorf("go build ./cmd/smimefilter: %v\n%s", err, out)
-	}
-	// Everything under dir is readable by the unprivileged daemon user.
-	os.Chmod(dir, 0o755)
+	bin, remove, err := mailstacktest.BuildDaemon("smimefilter-e2e-bin-")
+	daemonBin, buildErr = bin, err
 	code := m.Run()
-	os.RemoveAll(dir)
+	remove()
 	os.Exit(code)
 }
