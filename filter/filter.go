@@ -3,7 +3,8 @@
 // RFC 3030), decides a plan for every recipient (rewrite, certificate
 // lookup, policy: plan.go), encrypts each message once (S/MIME per RFC 8551
 // and RFC 5652, RFC 9788 header protection, through package smime), sends
-// one copy per certificate set (copies.go) through package deliver, and
+// one copy per certificate set (copies.go; the first streams while the
+// message arrives, live.go) through package deliver, and
 // reports every recipient's outcome back, one reply each as RFC 2033 §4.2
 // requires.
 //
