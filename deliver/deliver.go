@@ -35,12 +35,32 @@ var (
 	ErrUnreachable = errors.New("next hop unreachable")
 	// ErrConnection: the connection broke or timed out during a transaction.
 	ErrConnection = errors.New("connection to next hop failed")
+	// ErrBusy: every connection is in use and the caller asked not to wait
+	// for one (WithoutWaiting). It also wraps ErrUnreachable.
+	ErrBusy = errors.New("no free connection")
 	// ErrClosed: the target was closed (the daemon is shutting down).
 	ErrClosed = errors.New("delivery target closed")
 	// ErrAborted: the transaction was abandoned before its end, so nothing
 	// was delivered.
 	ErrAborted = errors.New("transaction aborted")
 )
+
+type noWaitKey struct{}
+
+// WithoutWaiting returns a context under which Begin fails at once with
+// ErrBusy where it would otherwise wait for a connection to come free. The
+// filter starts the copy that streams while a message arrives under it: a
+// session waiting there would stop reading its client, and Postfix's
+// lmtp_data_xfer_timeout would defer the mail; without a connection now,
+// that copy is simply sent after the message, from the spool.
+func WithoutWaiting(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noWaitKey{}, true)
+}
+
+func mayWait(ctx context.Context) bool {
+	v, _ := ctx.Value(noWaitKey{}).(bool)
+	return !v
+}
 
 // Envelope is what a transaction carries besides the message.
 type Envelope struct {

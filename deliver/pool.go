@@ -244,7 +244,8 @@ func (p *Pool) expired(pc *poolConn, now time.Time) bool {
 
 // get returns the most recently used idle connection (the one a previous
 // copy of the same message just released, still warm at the peer) or dials
-// a new one, waiting while MaxConns connections are open.
+// a new one, waiting while MaxConns connections are open (unless ctx says not
+// to: WithoutWaiting).
 func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 	var timer *time.Timer
 	for {
@@ -280,6 +281,9 @@ func (p *Pool) get(ctx context.Context) (*poolConn, error) {
 		}
 		wait := p.freed
 		p.mu.Unlock()
+		if !mayWait(ctx) {
+			return nil, fmt.Errorf("%d connections to %s in use: %w: %w", p.opts.MaxConns, p.opts.Addr, ErrBusy, ErrUnreachable)
+		}
 		if timer == nil {
 			// A session holds at most one connection at a time (a message's
 			// copies go out one after another), so waiting cannot deadlock;

@@ -600,6 +600,41 @@ func TestLimits(t *testing.T) {
 			t.Errorf("after release: got %v, %v, want delivered", res, err)
 		}
 	})
+	t.Run("WithoutWaiting", func(t *testing.T) {
+		// A wait the caller ruled out fails at once, not after WaitTimeout,
+		// and leaves the pool as it was.
+		peer := startPeer(t, &fakePeer{ext: pipelining})
+		p := newPool(t, peer, PoolOptions{MaxConns: 1, WaitTimeout: time.Hour})
+		held, err := p.Begin(ctx, Envelope{From: "s@example.net", Rcpts: []string{"a@example.org"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := p.Begin(WithoutWaiting(ctx), Envelope{From: "s@example.net", Rcpts: []string{"b@example.org"}})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrBusy) || !errors.Is(err, ErrUnreachable) {
+				t.Errorf("got %v, want ErrBusy (an ErrUnreachable)", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Begin WithoutWaiting waited for the held connection")
+		}
+		held.Commit()
+		if st := p.Stats(); st.Open != 1 {
+			t.Errorf("got %+v, want the one connection, idle", st)
+		}
+		tx, err := p.Begin(WithoutWaiting(ctx), Envelope{From: "s@example.net", Rcpts: []string{"b@example.org"}})
+		if err != nil {
+			t.Fatalf("with the connection free: %v", err)
+		}
+		tx.Write([]byte(testMsg))
+		if res := tx.Commit(); res[0] != nil {
+			t.Errorf("got %v, want delivered", res)
+		}
+	})
 	t.Run("IdleTimeout", func(t *testing.T) {
 		peer := startPeer(t, &fakePeer{ext: pipelining})
 		p := newPool(t, peer, PoolOptions{IdleTimeout: 20 * time.Millisecond})

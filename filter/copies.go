@@ -140,6 +140,15 @@ func (s *session) receive(r io.Reader, rcpts []*rcpt) (*message, error) {
 		return nil, fmt.Errorf("%w: %w", ErrEncrypt, err)
 	}
 	msg := &message{hdr: hdr, seal: seal, spool: sp, out: out, plan: s.copies(rcpts, false)}
+	received := false
+	defer func() {
+		// On every way out but success, a panic included: the key is
+		// forgotten, the spool closed, a live copy's transaction aborted
+		// and its connection given back.
+		if !received {
+			msg.close()
+		}
+	}()
 	var w io.Writer = seal
 	chk := encrypted.NewChecker(hdr.Get("Content-Type"), hdr.Get("Content-Transfer-Encoding"))
 	if chk != nil {
@@ -196,7 +205,6 @@ func (s *session) receive(r io.Reader, rcpts []*rcpt) (*message, error) {
 		err = fmt.Errorf("%w: %w", ErrSpool, werr)
 	}
 	if err != nil {
-		msg.close()
 		return nil, err
 	}
 	if chk != nil {
@@ -206,6 +214,7 @@ func (s *session) receive(r io.Reader, rcpts []*rcpt) (*message, error) {
 			s.log.Info("message claims to be encrypted but is not as a whole: encrypting it", "tx", s.txID(), "reason", why)
 		}
 	}
+	received = true
 	return msg, nil
 }
 

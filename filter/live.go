@@ -46,21 +46,28 @@ type liveCopy struct {
 
 // startLive begins c's transaction and the live copy, first replaying what
 // the Seal wrote so far. It returns nil, leaving c to be sent from the spool
-// later, when the next hop cannot be reached now.
+// later, when the next hop cannot be reached now or has no connection free:
+// it never waits for one, since the client is not read meanwhile.
 func (s *session) startLive(c *outCopy, msg *message, out *sealOut, only bool) *liveCopy {
-	tx, err := c.target.Begin(s.ctx, s.envelope(c))
+	tx, err := c.target.Begin(deliver.WithoutWaiting(s.ctx), s.envelope(c))
 	if err != nil {
 		s.log.Debug("live copy not started, sending it after the message", "tx", s.txID(), "error", err)
 		return nil
 	}
+	started := false
+	defer func() {
+		if !started {
+			tx.Abort() // on a panic too: the connection goes back
+		}
+	}()
 	lc, err := msg.seal.NewLiveCopy(tx, c.certs)
 	if err == nil {
 		_, err = io.Copy(lc, msg.spool.Reader())
 	}
 	if err != nil {
-		tx.Abort()
 		return nil
 	}
+	started = true
 	out.live = lc
 	if only {
 		// No other copy will read the spool: stop filling it.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/deliver"
+	"github.com/smimefilter/smimefilter/internal/smimetest"
 )
 
 // panicTarget delivers through next, but panics when a copy is for boom@,
@@ -33,12 +34,24 @@ func (p *panicTarget) Begin(ctx context.Context, env deliver.Envelope) (deliver.
 	if err != nil || !boom {
 		return tx, err
 	}
-	return panicTx{tx}, nil
+	return panicTx{tx, p.when}, nil
 }
 
 func (p *panicTarget) Close() error { return p.next.Close() }
 
-type panicTx struct{ deliver.Tx }
+// panicTx panics in Commit, or in Write (when "write"): with a live copy,
+// that is while the message is still being received.
+type panicTx struct {
+	deliver.Tx
+	when string
+}
+
+func (p panicTx) Write(b []byte) (int, error) {
+	if p.when == "write" {
+		panic("injected panic in Write")
+	}
+	return p.Tx.Write(b)
+}
 
 func (panicTx) Commit() []error { panic("injected panic in Commit") }
 
@@ -51,7 +64,10 @@ func (panicCerts) Current() *certs.Store { panic("injected panic in the certific
 // and logged with its stack; the recipients it concerns get 451 4.3.0,
 // those already delivered keep their 250, and the daemon keeps serving.
 func TestPanicStaysInItsSession(t *testing.T) {
-	for _, when := range []string{"begin", "commit"} {
+	// boom@ has a certificate, so its copy is the live one, written while
+	// the message arrives: "write" panics inside the DATA read loop.
+	boom := smimetest.NewRecipient(t, "boom@example.org")
+	for _, when := range []string{"begin", "write", "commit"} {
 		t.Run(when, func(t *testing.T) {
 			f := startFakeLMTP(t)
 			// One connection: a transaction a panic left open would keep it,
@@ -59,7 +75,7 @@ func TestPanicStaysInItsSession(t *testing.T) {
 			pool := deliver.NewPool(deliver.PoolOptions{Network: "unix", Addr: f.path, LMTP: true, LocalName: "filter.test",
 				MaxConns: 1, WaitTimeout: time.Second})
 			t.Cleanup(func() { pool.Close() })
-			rf := startFilter(t, f.path, filterOpts{cfg: Config{Deliver: &panicTarget{next: pool, when: when}}})
+			rf := startFilter(t, f.path, filterOpts{cfg: Config{Deliver: &panicTarget{next: pool, when: when}, Certs: holder(t, certDir(t, boom))}})
 			cl := lmtpClient(t, rf.path)
 			got := send(t, cl, "s@example.net", []string{"ok@example.org"}, msg("before", "x\r\n"))
 			if got["ok@example.org"].code != 250 {
