@@ -117,19 +117,11 @@ func writeLine(b *bytes.Buffer, s string, nl []byte) {
 	b.Write(nl)
 }
 
+// writeOuterHeader writes the outer header of an S/MIME copy: the fields
+// OuterFields returns, then the application/pkcs7-mime fields and the blank
+// line.
 func writeOuterHeader(b *bytes.Buffer, h *Header, hp bool, nl []byte) {
-	for _, f := range h.Fields {
-		if isEntityField(f.Name) || strings.EqualFold(f.Name, "MIME-Version") {
-			continue
-		}
-		if hp {
-			if raw, keep := obscured(f, nl); keep {
-				writeField(b, raw, nl)
-			}
-			continue
-		}
-		writeField(b, f.Raw, nl)
-	}
+	writeOuterFields(b, h, hp, nl)
 	writeLine(b, "MIME-Version: 1.0", nl)
 	writeLine(b, outerContentType, nl)
 	writeLine(b, outerContentTypeFold, nl)
@@ -151,15 +143,9 @@ func obscured(f Field, nl []byte) (raw []byte, keep bool) {
 	return f.Raw, true
 }
 
-// innerPrefix is what the encrypted entity holds before the rest of the body:
-// its header (writeInnerHeader) and the body's first line when a line that is
-// not a field ended the message's header.
-func innerPrefix(h *Header, hp bool) []byte {
-	var b bytes.Buffer
-	writeInnerHeader(&b, h, hp, h.newline())
-	b.Write(h.lead)
-	return b.Bytes()
-}
+// innerPrefix is what the encrypted entity holds before the rest of the body
+// (Header.EntityPrefix).
+func innerPrefix(h *Header, hp bool) []byte { return h.EntityPrefix(hp) }
 
 func writeInnerHeader(b *bytes.Buffer, h *Header, hp bool, nl []byte) {
 	if hp {
