@@ -2,12 +2,15 @@ package conformance
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/base64"
 	"fmt"
 	"regexp"
 	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/smimefilter/smimefilter/internal/smimetest"
 )
 
 // The comparison, for one recipient whose message both sides stored:
@@ -23,9 +26,13 @@ import (
 //  3. Any other message must be stored encrypted: the filter's copy is an
 //     RFC 8551 enveloped-data message whose outer header holds the
 //     message's non-Content-* fields, MIME-Version: 1.0, and the three
-//     application/pkcs7-mime Content-* fields, nothing else. Its envelope
-//     is decrypted for the recipient's key (go.mozilla.org/pkcs7 via
-//     internal/smimetest). Dovecot stores lines ending in LF
+//     application/pkcs7-mime Content-* fields, nothing else. Its
+//     RecipientInfos must name the recipient's own certificates, each
+//     once, by issuer and serial number, and nobody else's: an envelope
+//     shared with the transaction's other recipients decrypts for each
+//     of them but tells every reader who else got the message (a Bcc
+//     leak). Its envelope is decrypted for the recipient's key
+//     (go.mozilla.org/pkcs7 via internal/smimetest). Dovecot stores lines ending in LF
 //     (mail_save_crlf = no: each CRLF becomes LF, a lone CR or LF stays,
 //     a CR at the very end goes), so the decrypted entity, which is what
 //     Dovecot would have been given, is compared after that same
@@ -207,9 +214,20 @@ var smimeOuter = map[string]string{
 // decryptFunc decrypts a CMS ContentInfo for the copy's recipient.
 type decryptFunc func(der []byte) ([]byte, error)
 
+// owner is what the comparison knows of the recipient of a filtered copy.
+type owner struct {
+	// certs are the recipient's certificates: the envelope must name
+	// each of them once and no other (point 3).
+	certs []*x509.Certificate
+	// recipientInfos reads whom a ContentInfo(EnvelopedData) names
+	// (smimetest.RecipientsOf).
+	recipientInfos func(der []byte) ([]smimetest.RecipientInfo, error)
+	decrypt        decryptFunc
+}
+
 // compareEncrypted checks the filter's copy against the direct copy, both
 // without Dovecot's trace fields (points 3 to 5); "" means equal.
-func compareEncrypted(direct, filtered []byte, decrypt decryptFunc) string {
+func compareEncrypted(direct, filtered []byte, own owner) string {
 	outer, payload, blank := splitMessage(filtered)
 	if !blank {
 		return "filter's copy has no body: not S/MIME"
@@ -243,7 +261,14 @@ func compareEncrypted(direct, filtered []byte, decrypt decryptFunc) string {
 	if err != nil {
 		return fmt.Sprintf("filter's copy: base64 payload: %v", err)
 	}
-	plain, err := decrypt(der)
+	ris, err := own.recipientInfos(der)
+	if err != nil {
+		return fmt.Sprintf("filter's copy: reading its envelope: %v", err)
+	}
+	if diff := namesExactly(ris, own.certs); diff != "" {
+		return "filter's copy: " + diff
+	}
+	plain, err := own.decrypt(der)
 	if err != nil {
 		return fmt.Sprintf("filter's copy does not decrypt for its recipient: %v", err)
 	}
@@ -263,6 +288,31 @@ func compareEncrypted(direct, filtered []byte, decrypt decryptFunc) string {
 		}
 	}
 	return diff
+}
+
+// namesExactly checks that the RecipientInfos name each certificate once
+// (issuer and serial number, RFC 5652 §6.2.1) and nothing else; "" means
+// they do.
+func namesExactly(ris []smimetest.RecipientInfo, certs []*x509.Certificate) string {
+	times := make([]int, len(certs))
+	var others []string
+	for _, ri := range ris {
+		if i := slices.IndexFunc(certs, ri.Is); i >= 0 {
+			times[i]++
+		} else {
+			others = append(others, ri.String())
+		}
+	}
+	if len(others) > 0 {
+		return fmt.Sprintf("envelope names %d RecipientInfos, %d of them not the recipient's certificates (another recipient's: a Bcc leak): %s",
+			len(ris), len(others), strings.Join(others, ", "))
+	}
+	for i, n := range times {
+		if n != 1 {
+			return fmt.Sprintf("envelope names the recipient's certificate (serial %x) %d times, want once", certs[i].SerialNumber, n)
+		}
+	}
+	return ""
 }
 
 // compareParts compares the direct copy's fields and body with the

@@ -1,10 +1,17 @@
 package conformance
 
 import (
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/smimefilter/smimefilter/internal/smimetest"
 )
 
 // smimeOuterLF are the S/MIME fields of a filtered copy as Dovecot stores
@@ -23,12 +30,26 @@ func filteredCopy(outer, entity string) string {
 
 func identity(der []byte) ([]byte, error) { return der, nil }
 
+// Certificates as far as RecipientInfos see them: issuer and serial.
+var (
+	ownCert   = &x509.Certificate{RawIssuer: []byte("issuer A"), SerialNumber: big.NewInt(1)}
+	ownRI     = smimetest.RecipientInfo{Kind: "ktri", RawIssuer: []byte("issuer A"), Serial: big.NewInt(1)}
+	otherRI   = smimetest.RecipientInfo{Kind: "ktri", RawIssuer: []byte("issuer A"), Serial: big.NewInt(2)}
+	otherCA   = smimetest.RecipientInfo{Kind: "ktri", RawIssuer: []byte("issuer B"), Serial: big.NewInt(1)}
+	secondOwn = &x509.Certificate{RawIssuer: []byte("issuer B"), SerialNumber: big.NewInt(7)}
+)
+
 func TestCompareEncrypted(t *testing.T) {
 	const direct = "From: a@example.com\nSubject: s\nMIME-Version: 1.0\nContent-Type: text/plain\n\nbody\n"
 	for _, tc := range []struct {
 		name, direct, filtered string
 		decrypt                decryptFunc
-		want                   string // prefix of the difference, "" for equal
+		// ris are the RecipientInfos the envelope names (default: ownRI),
+		// certs the recipient's (default: ownCert).
+		ris   []smimetest.RecipientInfo
+		riErr error
+		certs []*x509.Certificate
+		want  string // prefix of the difference, "" for equal
 	}{
 		{name: "equal", direct: direct,
 			filtered: filteredCopy("From: a@example.com\nSubject: s\n", "Content-Type: text/plain\r\n\r\nbody\r\n")},
@@ -81,13 +102,104 @@ func TestCompareEncrypted(t *testing.T) {
 			filtered: filteredCopy("From: a@example.com\nSubject: s\n", "x"),
 			decrypt:  func([]byte) ([]byte, error) { return nil, errors.New("bad decrypt") },
 			want:     "filter's copy does not decrypt for its recipient: bad decrypt"},
+		{name: "envelope shared with another recipient", direct: direct,
+			filtered: filteredCopy("From: a@example.com\nSubject: s\n", "Content-Type: text/plain\r\n\r\nbody\r\n"),
+			ris:      []smimetest.RecipientInfo{ownRI, otherRI},
+			want:     "filter's copy: envelope names 2 RecipientInfos, 1 of them not the recipient's certificates"},
+		{name: "same serial from another issuer", direct: direct,
+			filtered: filteredCopy("From: a@example.com\nSubject: s\n", "Content-Type: text/plain\r\n\r\nbody\r\n"),
+			ris:      []smimetest.RecipientInfo{otherCA},
+			want:     "filter's copy: envelope names 1 RecipientInfos, 1 of them not"},
+		{name: "own certificate named twice", direct: direct,
+			filtered: filteredCopy("From: a@example.com\nSubject: s\n", "Content-Type: text/plain\r\n\r\nbody\r\n"),
+			ris:      []smimetest.RecipientInfo{ownRI, ownRI},
+			want:     "filter's copy: envelope names the recipient's certificate (serial 1) 2 times"},
+		{name: "one of the recipient's two certificates left out", direct: direct,
+			filtered: filteredCopy("From: a@example.com\nSubject: s\n", "Content-Type: text/plain\r\n\r\nbody\r\n"),
+			certs:    []*x509.Certificate{ownCert, secondOwn},
+			want:     "filter's copy: envelope names the recipient's certificate (serial 7) 0 times"},
+		{name: "both of the recipient's certificates", direct: direct,
+			filtered: filteredCopy("From: a@example.com\nSubject: s\n", "Content-Type: text/plain\r\n\r\nbody\r\n"),
+			certs:    []*x509.Certificate{ownCert, secondOwn},
+			ris:      []smimetest.RecipientInfo{{Kind: "ktri", RawIssuer: []byte("issuer B"), Serial: big.NewInt(7)}, ownRI}},
+		{name: "envelope names nobody", direct: direct,
+			filtered: filteredCopy("From: a@example.com\nSubject: s\n", "Content-Type: text/plain\r\n\r\nbody\r\n"),
+			ris:      []smimetest.RecipientInfo{},
+			want:     "filter's copy: envelope names the recipient's certificate (serial 1) 0 times"},
+		{name: "envelope unreadable", direct: direct,
+			filtered: filteredCopy("From: a@example.com\nSubject: s\n", "Content-Type: text/plain\r\n\r\nbody\r\n"),
+			riErr:    errors.New("not a ContentInfo"),
+			want:     "filter's copy: reading its envelope: not a ContentInfo"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			decrypt := tc.decrypt
 			if decrypt == nil {
 				decrypt = identity
 			}
-			got := compareEncrypted([]byte(tc.direct), []byte(tc.filtered), decrypt)
+			ris, certs := tc.ris, tc.certs
+			if ris == nil {
+				ris = []smimetest.RecipientInfo{ownRI}
+			}
+			if certs == nil {
+				certs = []*x509.Certificate{ownCert}
+			}
+			got := compareEncrypted([]byte(tc.direct), []byte(tc.filtered), owner{
+				certs:          certs,
+				recipientInfos: func([]byte) ([]smimetest.RecipientInfo, error) { return ris, tc.riErr },
+				decrypt:        decrypt,
+			})
+			if tc.want == "" && got != "" || !strings.HasPrefix(got, tc.want) {
+				t.Errorf("got %q, want a difference starting %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestCompareEncryptedEnvelopes runs the comparison on real envelopes
+// made by openssl, read and decrypted as TestConformance reads them: one
+// for the recipient alone is equal, one shared with another recipient
+// (what a filter that encrypts a transaction once for everyone writes)
+// fails although it decrypts.
+func TestCompareEncryptedEnvelopes(t *testing.T) {
+	smimetest.Require(t, "openssl")
+	const direct = "From: a@example.com\nSubject: s\nMIME-Version: 1.0\nContent-Type: text/plain\n\nbody\n"
+	const entity = "Content-Type: text/plain\r\n\r\nbody\r\n"
+	alice := smimetest.NewRecipient(t, "alice@"+filterDomain)
+	bob := smimetest.NewRecipient(t, "bob@"+filterDomain)
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	in := write("entity", entity)
+	aliceCert, bobCert := write("alice.pem", string(alice.CertPEM)), write("bob.pem", string(bob.CertPEM))
+	own := owner{
+		certs:          []*x509.Certificate{alice.Cert},
+		recipientInfos: smimetest.RecipientsOf,
+		decrypt: func(der []byte) ([]byte, error) {
+			return smimetest.DecryptGo(t, der, alice.CertPEM, alice.KeyPEM)
+		},
+	}
+	for _, tc := range []struct {
+		name  string
+		certs []string
+		want  string
+	}{
+		{"for the recipient alone", []string{aliceCert}, ""},
+		{"shared with another recipient", []string{aliceCert, bobCert}, "filter's copy: envelope names 2 RecipientInfos, 1 of them not"},
+		{"for another recipient only", []string{bobCert}, "filter's copy: envelope names 1 RecipientInfos, 1 of them not"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"cms", "-encrypt", "-aes256", "-binary", "-outform", "DER", "-in", in}, tc.certs...)
+			der, err := exec.Command("openssl", args...).Output()
+			if err != nil {
+				t.Fatalf("openssl %s: %v", strings.Join(args, " "), err)
+			}
+			filtered := "From: a@example.com\nSubject: s\n" + smimeOuterLF + "\n" + base64Lines(der)
+			got := compareEncrypted([]byte(direct), []byte(filtered), own)
 			if tc.want == "" && got != "" || !strings.HasPrefix(got, tc.want) {
 				t.Errorf("got %q, want a difference starting %q", got, tc.want)
 			}

@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"bytes"
+	"crypto/x509"
 	"fmt"
 	"strings"
 	"sync"
@@ -27,15 +28,17 @@ const concurrentCases = 8
 // means). Each case is a subtest; a summary of all of them is logged.
 func TestConformance(t *testing.T) {
 	cs := cases(t)
-	var locals []string
+	var sessions [][]string
 	for i, c := range cs {
+		var users []string
 		for _, l := range c.localsOf(i) {
 			if !strings.HasPrefix(l, "nouser") {
-				locals = append(locals, l)
+				users = append(users, l)
 			}
 		}
+		sessions = append(sessions, users)
 	}
-	st := startStack(t, locals)
+	st := startStack(t, sessions)
 
 	results := make([]result, len(cs))
 	var wg sync.WaitGroup
@@ -189,8 +192,12 @@ func (st *stack) compare(t testing.TB, direct, filtered []byte, filterAddr strin
 	if r == nil {
 		return "no certificate made for " + filterAddr
 	}
-	diff := compareEncrypted(d, f, func(der []byte) ([]byte, error) {
-		return smimetest.DecryptGo(t, der, r.CertPEM, r.KeyPEM)
+	diff := compareEncrypted(d, f, owner{
+		certs:          []*x509.Certificate{r.Cert},
+		recipientInfos: smimetest.RecipientsOf,
+		decrypt: func(der []byte) ([]byte, error) {
+			return smimetest.DecryptGo(t, der, r.CertPEM, r.KeyPEM)
+		},
 	})
 	if w.otherContent && (strings.HasPrefix(diff, "header fields differ") || strings.HasPrefix(diff, "body differs")) {
 		return "" // encrypted, and the content differs by design

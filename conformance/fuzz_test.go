@@ -117,7 +117,7 @@ func FuzzConformance(f *testing.F) {
 		}
 		f.Add([]byte(messageOf(c.s)), m)
 	}
-	st := startStack(f, []string{"fuzz"})
+	st := startStack(f, [][]string{{"fuzz"}})
 	var mu sync.Mutex
 	f.Fuzz(func(t *testing.T, msg []byte, m uint8) {
 		s := fuzzSession(msg, m)

@@ -1,11 +1,13 @@
 package conformance
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -51,16 +53,20 @@ type stack struct {
 	done chan struct{} // closed when cmd has exited
 }
 
-// startStack starts Dovecot with locals (local parts) as users in both
-// domains and the daemon with a certificate for each filter-side address.
-func startStack(t testing.TB, locals []string) *stack {
+// startStack starts Dovecot with the local parts of every session as
+// users in both domains and the daemon with a certificate for each
+// filter-side address. sessions lists the local parts that share a
+// session (one LMTP transaction): each of them gets a key of its own.
+func startStack(t testing.TB, sessions [][]string) *stack {
 	t.Helper()
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
 	var users []string
-	for _, l := range locals {
-		users = append(users, mailboxOf(l+"@"+directDomain), mailboxOf(l+"@"+filterDomain))
+	for _, locals := range sessions {
+		for _, l := range locals {
+			users = append(users, mailboxOf(l+"@"+directDomain), mailboxOf(l+"@"+filterDomain))
+		}
 	}
 	st := &stack{t: t, certs: map[string]*smimetest.Recipient{}}
 	st.dovecot = mailstacktest.StartDovecot(t, mailstacktest.DovecotOptions{
@@ -74,15 +80,8 @@ func startStack(t testing.TB, locals []string) *stack {
 	if err := os.Mkdir(certDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for i, l := range locals {
-		addr := l + "@" + filterDomain
-		// Every certificate is its own (serial, subject, address), so each
-		// recipient needs its own envelope, and decrypting with one
-		// certificate finds only the RecipientInfo naming it; the key is
-		// shared because generating a hundred RSA keys under -race takes
-		// minutes.
-		r := smimetest.NewRecipient(t, addr, smimetest.KeyName("conformance"))
-		st.certs[strings.ToLower(addr)] = r
+	for i, r := range issueCerts(t, sessions) {
+		st.certs[strings.ToLower(r.Addr)] = r
 		if err := os.WriteFile(filepath.Join(certDir, fmt.Sprintf("%03d.pem", i)), r.CertPEM, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -115,6 +114,61 @@ level = "info"
 	t.Cleanup(st.stop)
 	return st
 }
+
+// issueCerts makes a certificate for every filter-side address of the
+// sessions. Every certificate is its own (serial, subject, address), so
+// each recipient needs its own envelope. The j-th recipient of every
+// session has key j: within a transaction no two recipients share a key,
+// so a copy encrypted for another recipient's key does not decrypt with
+// its own. Sessions never share a transaction, so they may share keys:
+// about 50 RSA keys instead of one per address. Generating one costs some
+// 80 ms under -race, so they are made on every core.
+func issueCerts(t testing.TB, sessions [][]string) []*smimetest.Recipient {
+	t.Helper()
+	type job struct {
+		addr string
+		key  int
+	}
+	var jobs []job
+	for _, locals := range sessions {
+		for j, l := range locals {
+			jobs = append(jobs, job{l + "@" + filterDomain, j})
+		}
+	}
+	ca := smimetest.DefaultCA(t)
+	out := make([]*smimetest.Recipient, len(jobs))
+	failed := make([]*recorder, len(jobs))
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for i, jb := range jobs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			rec := &recorder{TB: t}
+			out[i] = ca.NewRecipient(rec, jb.addr, smimetest.KeyName(fmt.Sprintf("conformance-%d", jb.key)))
+			failed[i] = rec
+		})
+	}
+	wg.Wait()
+	for i, rec := range failed {
+		if rec.err != nil {
+			t.Fatalf("certificate for %s: %v", jobs[i].addr, rec.err)
+		}
+	}
+	return out
+}
+
+// recorder stands in for the test on a goroutine of its own, where
+// testing's FailNow must not be called: it keeps the failure for the
+// test's goroutine to report.
+type recorder struct {
+	testing.TB
+	err error
+}
+
+func (r *recorder) Helper()                           {}
+func (r *recorder) Fatal(args ...any)                 { r.err = errors.New(fmt.Sprint(args...)) }
+func (r *recorder) Fatalf(format string, args ...any) { r.err = fmt.Errorf(format, args...) }
 
 func (st *stack) start(confPath string) {
 	st.t.Helper()
