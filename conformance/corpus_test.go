@@ -228,6 +228,12 @@ func cases(t testing.TB) []testCase {
 		{name: "unknown-recipient-among-known", class: "recipients", locals: []string{"mixed1", "nouser-mixed", "mixed2"}, s: pipelinedData(simple)},
 		{name: "quoted-local-part-with-space", class: "6", locals: []string{`"john doe"`}, s: data(simple)},
 		{name: "local-part-over-64-octets", class: "6", locals: []string{longLocal}, s: data(simple)},
+		// Addresses recipients.Validate refuses (an angle bracket; more
+		// than the 254 octets of RFC 5321 §4.5.3.1.3) but go-smtp and
+		// Dovecot accept: with no rewrite rule changing them, the daemon
+		// must hand them on for Dovecot to decide.
+		{name: "quoted-local-part-with-angle-brackets", class: "6", locals: []string{`"a<b>c"`}, s: data(simple)},
+		{name: "address-over-254-octets", class: "6", locals: []string{strings.Repeat("m", 250)}, s: data(simple)},
 
 		// Plaintext that only starts like encrypted mail, and real encrypted mail.
 		{name: "pgp-armor-line-then-plaintext", class: "7", s: data("Subject: not encrypted\r\nContent-Type: text/plain\r\n\r\n" +
