@@ -167,9 +167,11 @@ func (s *session) Logout() error {
 	return nil
 }
 
-// Data is go-smtp's SMTP form; the server runs in LMTP mode only (one reply
-// per recipient is what makes per-copy outcomes reportable), so it is never
-// called.
+// Data is a stub: go-smtp's smtp.Session interface requires it, and
+// smtp.LMTPSession embeds that interface, but the server runs in LMTP mode
+// only, where go-smtp calls LMTPData instead (one reply per recipient is
+// what makes per-copy outcomes reportable). Should it ever be called, the
+// answer is 502 5.5.1, not a silent success.
 func (s *session) Data(io.Reader) error { return s.withID(replyLMTPOnly) }
 
 // LMTPData implements smtp.LMTPSession: one status per RCPT, RFC 2033 §4.2.

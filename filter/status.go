@@ -17,8 +17,6 @@ var (
 	ErrNoCertificate = errors.New("no usable certificate for recipient")
 	// ErrPolicyReject: no usable certificate and the policy says refuse.
 	ErrPolicyReject = errors.New("recipient refused by encryption policy")
-	// ErrShuttingDown: the daemon is stopping and takes no new transaction.
-	ErrShuttingDown = errors.New("shutting down")
 	// ErrLineTooLong: a message line is longer than the configured limit.
 	ErrLineTooLong = errors.New("line too long")
 	// ErrClientGone: the client went away during DATA.
@@ -67,7 +65,11 @@ func Status(err error) *smtp.SMTPError {
 	}
 	var se *smtp.SMTPError
 	switch {
-	case errors.Is(err, ErrShuttingDown), errors.Is(err, deliver.ErrClosed):
+	case errors.Is(err, deliver.ErrClosed):
+		// The outbound side was closed: the daemon is stopping. A MAIL
+		// arriving while it stops never reaches the backend: package
+		// server refuses it with a 421 of its own, the listener's reply
+		// rather than an error becoming a status.
 		return replyShutdown
 	case errors.Is(err, deliver.ErrUnreachable):
 		return replyUnreachable

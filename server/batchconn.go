@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"sync"
@@ -31,7 +32,10 @@ import (
 //
 // At shutdown the server hangs up on connections that carry no
 // transaction: the next Read (or the one waiting) sends 421 and ends the
-// connection as if the client had left (see hangUp).
+// connection as if the client had left (see hangUp). The 421 is the last
+// reply the connection writes (RFC 5321 §3.8): go-smtp may still hold
+// pipelined commands in its own buffer and answer them, but those answers
+// are dropped once the 421 is out.
 type batchConn struct {
 	net.Conn
 	writeTimeout time.Duration
@@ -40,11 +44,13 @@ type batchConn struct {
 	closeOnce sync.Once
 
 	hangingUp atomic.Bool
-	said421   atomic.Bool // the 421 already went out as a reply
 
 	mu  sync.Mutex // Shutdown may Close while the connection's goroutine writes
 	buf []byte
 	err error // the first write error; every later Write and Read returns it
+	// await421: the next reply is a 421 of go-smtp's writing (a MAIL
+	// refused while stopping); final: a 421 is written, so nothing else is.
+	await421, final bool
 
 	rbuf *[]byte // nil when nothing read ahead is left
 	rpos int     // next unread byte in *rbuf
@@ -64,7 +70,17 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	if c.err != nil {
 		return 0, c.err
 	}
+	if c.final {
+		// RFC 5321 §3.8: after the 421 the server closes; a reply to a
+		// command the client pipelined behind the refused one would
+		// contradict it. go-smtp is told the write went out, so that it
+		// reads on and gets its EOF.
+		return len(p), nil
+	}
 	c.buf = append(c.buf, p...)
+	if c.await421 && bytes.HasPrefix(p, []byte("421")) {
+		c.final = true
+	}
 	if len(c.buf) >= maxBatch {
 		if err := c.flushLocked(c.writeTimeout); err != nil {
 			return 0, err
@@ -117,12 +133,14 @@ func (c *batchConn) readBuffered(p []byte) int {
 
 // replyShutdown is what a connection hung up on at shutdown is told
 // (RFC 5321 §3.8: 421 before closing).
-const replyShutdown = "421 4.3.2 Service shutting down, try again later\r\n"
+const replyShutdown = "421 4.3.2 " + shutdownText + "\r\n"
 
 // hangUp makes the connection end at its next read, or at once if it is
 // waiting for the client: 421, then EOF to go-smtp, which closes it. What
 // the client had already sent (a pipelined next transaction) is not
-// served. Replies held back still go first.
+// served: what batchConn read ahead is dropped, and go-smtp may handle what
+// its own buffer holds, but a MAIL among it is refused with the 421 and
+// nothing after that is answered. Replies held back still go first.
 func (c *batchConn) hangUp() {
 	c.hangingUp.Store(true)
 	c.Conn.SetReadDeadline(time.Unix(1, 0))
@@ -137,10 +155,13 @@ func (c *batchConn) SetReadDeadline(t time.Time) error {
 	return c.Conn.SetReadDeadline(t)
 }
 
-// hangUpAfterReply is hangUp for a connection whose last reply already
-// said 421 (a MAIL refused because the server is stopping).
+// hangUpAfterReply is hangUp for a connection whose reply about to be
+// written says 421 (a MAIL refused because the server is stopping): that
+// 421 is the last reply, and no second one is added.
 func (c *batchConn) hangUpAfterReply() {
-	c.said421.Store(true)
+	c.mu.Lock()
+	c.await421 = true
+	c.mu.Unlock()
 	c.hangUp()
 }
 
@@ -148,8 +169,9 @@ func (c *batchConn) sayGoodbye() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err == nil {
-		if !c.said421.Load() {
+		if !c.final {
 			c.buf = append(c.buf, replyShutdown...)
+			c.final = true
 		}
 		if err := c.flushLocked(time.Second); err != nil {
 			return err

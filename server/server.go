@@ -207,7 +207,15 @@ type session struct {
 	inTx bool // guarded by srv.mu
 }
 
-var errShutdown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service shutting down, try again later"}
+// shutdownText is the text of both 421s of a shutdown: the refusal of a
+// MAIL (errShutdown) and the line a hung-up connection gets (replyShutdown).
+const shutdownText = "Service shutting down, try again later"
+
+// errShutdown refuses a MAIL while stopping. It is the listener's own reply,
+// not an error of the backend's, so it does not go through the backend's
+// error-to-status mapping (filter.Status): package server knows nothing of
+// its backend, and filter's tests import server.
+var errShutdown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: shutdownText}
 
 func (t *session) Mail(from string, opts *smtp.MailOptions) error {
 	s := t.srv
