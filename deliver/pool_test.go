@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -667,10 +668,25 @@ func TestEnvelopeInjectionRefused(t *testing.T) {
 	for _, env := range []Envelope{
 		{From: "a@b", Rcpts: []string{"x@y>\r\nRCPT TO:<z@w"}},
 		{From: "a@b>\r\nRSET", Rcpts: []string{"x@y"}},
+		{From: "a@b", Rcpts: []string{"x@y>"}},
+		{From: "a@b", Rcpts: []string{"x<y"}},
 	} {
 		if _, err := p.Begin(context.Background(), env); !errors.Is(err, errProtocol) || !errors.Is(err, ErrAborted) {
 			t.Errorf("%+v: got %v, want a refusal wrapping ErrAborted", env, err)
 		}
+	}
+}
+
+// TestQuotedLocalPartWithBrackets: brackets inside a local part are
+// content of the Quoted-string it is sent as, so the peer decides.
+func TestQuotedLocalPartWithBrackets(t *testing.T) {
+	peer := startPeer(t, &fakePeer{ext: pipelining})
+	p := newPool(t, peer, PoolOptions{})
+	if res, err := send(context.Background(), p, "a<b>c@example.org"); err != nil || codes(res) != "250" {
+		t.Fatalf("got %v, %v, want delivered", res, err)
+	}
+	if got := peer.commands(0); !slices.Contains(got, `RCPT TO:<"a<b>c"@example.org>`) {
+		t.Errorf("commands %q, want the local part quoted", got)
 	}
 }
 

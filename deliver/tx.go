@@ -58,12 +58,18 @@ func (p *Pool) converse(ctx context.Context, build func(*client) []string, more 
 	}
 }
 
-// checkEnvelope refuses what would break the command lines. go-smtp's
-// parser and recipients.Validate already keep such addresses out; this is
-// the last line of defence against command injection.
+// checkEnvelope refuses what would break the command lines: the last line
+// of defence against command injection. A line break is refused anywhere;
+// an angle bracket only outside the local part, which mailbox.Quote sends
+// as a Quoted-string whenever it is not a Dot-string (RFC 5321 §4.1.2:
+// `RCPT TO:<"a<b>c"@example.org>` is well-formed, and Dovecot takes it).
 func checkEnvelope(env Envelope) error {
 	for _, a := range append([]string{env.From}, env.Rcpts...) {
-		if strings.ContainsAny(a, "\r\n<>") {
+		unquoted := a
+		if at := strings.LastIndexByte(a, '@'); at > 0 {
+			unquoted = a[at:]
+		}
+		if strings.ContainsAny(a, "\r\n") || strings.ContainsAny(unquoted, "<>") {
 			return fmt.Errorf("address %q: %w: %w", a, ErrAborted, errProtocol)
 		}
 	}
