@@ -17,8 +17,8 @@ import (
 // Options says where certificates come from and what makes one usable.
 type Options struct {
 	// Dir is the directory of certificate files: PEM or DER, any number of
-	// certificates per file, any file name. Hidden files and
-	// subdirectories are ignored.
+	// certificates per file, any file name; OpenPGP public keys may lie
+	// beside them (see Key). Hidden files and subdirectories are ignored.
 	Dir string
 	// Roots, when set, is the set of trust anchors: a usable certificate
 	// must chain to one of them for emailProtection, with the other
@@ -62,8 +62,9 @@ func (c *Cert) ValidUntil() time.Time { return c.validUntil }
 // loaded certificate that is not usable yet.
 type Skipped struct {
 	File string
-	// Subject is the certificate's subject DN; empty when the entry is
-	// not a parsed certificate (an unreadable file, a private key block).
+	// Subject is the certificate's subject DN, or an OpenPGP key's
+	// primary User ID; empty when the entry is not a parsed certificate
+	// or key (an unreadable file, a private key block).
 	Subject string
 	// Err says why. It wraps one or more of the package's sentinel errors.
 	Err error
@@ -90,6 +91,11 @@ type Store struct {
 	// Buckets are sorted by NotAfter, then fingerprint.
 	exact  map[string][]*Cert
 	folded map[string][]*Cert
+
+	// OpenPGP keys, sorted and indexed the same way (openpgp.go).
+	keys      []*Key
+	keyExact  map[string][]*Key
+	keyFolded map[string][]*Key
 }
 
 // candidate is a parsed certificate with where it came from.
@@ -125,6 +131,8 @@ func Load(opts Options) (*Store, error) {
 	}
 	var cands []candidate
 	seen := make(map[string]string) // fingerprint → file
+	var keyCands []keyCandidate
+	seenKeys := make(map[string]string)
 	for _, e := range entries {
 		if ignored(e.Name()) {
 			continue
@@ -138,6 +146,12 @@ func Load(opts Options) (*Store, error) {
 		}
 		if err != nil {
 			s.skipped = append(s.skipped, Skipped{File: path, Err: err})
+			continue
+		}
+		if isOpenPGP(data) {
+			keyCands = s.loadKeyFile(path, data, keyCands, seenKeys)
+			// No key points into data: a secret key's bytes go too.
+			clear(data)
 			continue
 		}
 		parsed, skipped, isPEM := parseFile(path, data)
@@ -189,6 +203,8 @@ func Load(opts Options) (*Store, error) {
 			validUntil:  r.validUntil,
 		})
 	}
+
+	s.addKeys(keyCands, t)
 
 	// Certificate checks ran after all files were read; put their
 	// entries back among their files' so the report follows the
@@ -282,23 +298,28 @@ func readCertFile(path string) (data []byte, isDir bool, err error) {
 // exactly (see the package documentation). An address that is not a
 // plausible mailbox yields nil.
 func (s *Store) Lookup(addr string) []*Cert {
+	return lookup(s.now(), s.exact, s.folded, addr)
+}
+
+// lookup is Lookup for certificates and LookupKeys for OpenPGP keys, so that
+// both match an address alike.
+func lookup[T interface{ UsableAt(time.Time) bool }](t time.Time, exact, folded map[string][]T, addr string) []T {
 	a, ok := normalizeAddress(addr)
 	if !ok {
 		return nil
 	}
 	// Validity is checked again here, not only at load: the daemon runs
 	// for months and certificates expire (or start) in between.
-	t := s.now()
-	if r := usableAt(s.exact[a], t); r != nil {
+	if r := usableAt(exact[a], t); r != nil {
 		return r
 	}
-	return usableAt(s.folded[foldKey(a)], t)
+	return usableAt(folded[foldKey(a)], t)
 }
 
-// usableAt returns a fresh slice of the certificates usable at t, so that
-// the caller cannot disturb the snapshot.
-func usableAt(bucket []*Cert, t time.Time) []*Cert {
-	var out []*Cert
+// usableAt returns a fresh slice of the entries usable at t, so that the
+// caller cannot disturb the snapshot.
+func usableAt[T interface{ UsableAt(time.Time) bool }](bucket []T, t time.Time) []T {
+	var out []T
 	for _, c := range bucket {
 		if c.UsableAt(t) {
 			out = append(out, c)
