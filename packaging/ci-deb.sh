@@ -2,8 +2,10 @@
 # packaging/ci-deb.sh - the Debian package, end to end: build, lintian,
 # install, upgrade keeping a changed conffile, config check, unit
 # verification, one message through the installed daemon by socket
-# activation (without systemd as PID 1) into a Maildir, S/MIME checked by
-# decrypting it, stop, purge, and nothing left behind.
+# activation (without systemd as PID 1, on a socket with the unit's owner
+# and mode) into a Maildir, S/MIME checked by decrypting it, the watchdog's
+# self-check connecting to that socket, stop, purge, and nothing left
+# behind.
 #
 # Installing and purging a package changes the machine (users, /etc, dpkg's
 # database), so the test runs only where that harms nobody:
@@ -17,14 +19,18 @@
 #    and overlayfs; it takes a second to set up, where a debootstrapped
 #    Debian 12 root would take minutes of downloads.
 #  - with CI=true on this machine itself (a throw-away CI machine), when no
-#    throw-away root can be made.
+#    throw-away root can be made. apt may then install but never remove a
+#    package (--no-remove): a tool, or the package's Recommends (postfix),
+#    that conflicts with an installed one (exim4, say) stops the test with
+#    the name of what blocks it.
 #  - otherwise it prints why it skipped and exits 0.
 # So it touches an smimefilter installation it did not make (an installed
 # package, or an /etc/smimefilter) only in the throw-away root, or with
 # CI=true; without either it does not run at all.
 #
 # Needs go; installs what else is missing (dpkg-dev, lintian, systemd for
-# systemd-analyze and systemd-socket-activate, swaks, openssl, adduser).
+# systemd-analyze and systemd-socket-activate, swaks, openssl, adduser,
+# socat to receive the daemon's sd_notify messages).
 # Safe to re-run: it first removes what an earlier run left (its daemon, the
 # installed package, its state directory). Logs stay in
 # /tmp/smimefilter-ci-deb/logs. Exit status 0 only if every step passed (or
@@ -37,6 +43,7 @@ export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
 
 STATE=/tmp/smimefilter-ci-deb # fixed, so a re-run finds what a killed run left
 SOCK=/run/smimefilter/lmtp.sock
+NOTIFY_SOCK=$STATE/notify.sock
 SYSUSER=_smimefilter
 RCPT=alice@example.org
 SECRET="ci-deb secret body $$-$RANDOM"
@@ -130,6 +137,7 @@ fi
 
 DEB=""
 DAEMON_PID=""
+NOTIFY_PID=""
 FAILED=0
 declare -a SUMMARY=()
 T0=$(date +%s.%N)
@@ -165,6 +173,43 @@ step() {
 	fi
 }
 
+# apt_install [OPTION...] PKG...: apt-get install -y. On this machine
+# (CI=true) nothing may be removed for it (installing postfix, a Recommends
+# of the package, removes exim4, say): apt is asked first what it would
+# remove, refuses (--no-remove) should that change in between, and the
+# message names what is in the way. In the throw-away root a removal
+# vanishes with the root.
+apt_install() {
+	if [ "$ROOT_KIND" != machine ]; then
+		apt-get install -y "$@"
+		return
+	fi
+	local a opts=() pkgs=() removed r
+	for a in "$@"; do
+		case $a in -*) opts+=("$a") ;; *) pkgs+=("$a") ;; esac
+	done
+	removed=$(apt_removals "${opts[@]}" "${pkgs[@]}")
+	if [ -n "$removed" ]; then
+		echo "ci-deb: NOT installing ${pkgs[*]}: apt would remove ${removed% } to make room" >&2
+		for a in "${pkgs[@]}"; do
+			r=$(apt_removals "${opts[@]}" "$a")
+			[ -z "$r" ] || echo "ci-deb:   installing $a would remove ${r% }" >&2
+		done
+		echo "ci-deb: this test removes nothing from the machine; run it in a throw-away root" >&2
+		echo "ci-deb: (as root, with unshare and overlayfs) or on a machine where those can go." >&2
+		return 1
+	fi
+	apt-get install -y --no-remove "$@" || {
+		echo "ci-deb: apt-get install ${pkgs[*]} failed (it removed nothing: --no-remove)" >&2
+		return 1
+	}
+}
+
+# apt_removals ARGS...: what apt-get install ARGS would remove.
+apt_removals() {
+	{ apt-get install -s "$@" 2>/dev/null || true; } | sed -n 's/^Remv \([^ ]*\).*/\1/p' | tr '\n' ' '
+}
+
 is_our_daemon() { # pid: is it a daemon (or activator) that a run of ours started?
 	local cmd
 	cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline") || return 1
@@ -197,6 +242,7 @@ prepare() {
 	if [ -f "$STATE/daemon.pid" ]; then
 		stop_daemon "$(cat "$STATE/daemon.pid")"
 	fi
+	stop_notify
 	if installed_here; then
 		if [ "$ROOT_KIND" = isolated ]; then
 			echo "an installation of this machine, seen in the throw-away root: purging it there only"
@@ -221,14 +267,14 @@ ensure_tools() {
 	local tool pkg need=()
 	for tool in dpkg-parsechangelog:dpkg-dev lintian:lintian systemd-analyze:systemd \
 		systemd-socket-activate:systemd swaks:swaks openssl:openssl setpriv:util-linux \
-		adduser:adduser; do
+		adduser:adduser socat:socat; do
 		pkg=${tool#*:}
 		command -v "${tool%%:*}" >/dev/null || need+=("$pkg")
 	done
 	[ ${#need[@]} -eq 0 ] && return 0
 	echo "installing: ${need[*]}"
 	apt-get update -q || return 1
-	apt-get install -y -q --no-install-recommends --no-upgrade $(printf '%s\n' "${need[@]}" | sort -u) ||
+	apt_install -q --no-install-recommends --no-upgrade $(printf '%s\n' "${need[@]}" | sort -u) ||
 		return 1
 }
 
@@ -265,7 +311,7 @@ install_pkg() {
 	# Before installing: a run killed halfway leaves an installation that
 	# the next run may then purge as its own.
 	touch "$STATE/installed"
-	apt-get install -y "./$DEB" || return 1
+	apt_install "./$DEB" || return 1
 	dpkg-query -W -f='${Status} ${Version}\n' smimefilter
 	dpkg-query -W -f='${Status}' smimefilter | grep -q '^install ok installed$' ||
 		fail "not installed" || return 1
@@ -293,7 +339,7 @@ upgrade_keeps_conffile() {
 	new=$dir/$(basename "$DEB" .deb)+ciupgrade1.deb
 	dpkg-deb --root-owner-group --build "$dir/root" "$new" >/dev/null || return 1
 	echo "# ci-deb: local change $$" >>/etc/smimefilter/smimefilter.toml
-	apt-get install -y "$new" || return 1
+	apt_install "$new" || return 1
 	dpkg-query -W -f='${Version}\n' smimefilter | grep -q 'ciupgrade1$' || fail "upgrade did not happen" || return 1
 	grep -q "^# ci-deb: local change $$\$" /etc/smimefilter/smimefilter.toml ||
 		fail "the upgrade replaced the changed conffile" || return 1
@@ -318,9 +364,29 @@ verify_units() {
 		/lib/systemd/system/smimefilter.service 2>&1) || { echo "$out"; fail "systemd-analyze verify"; return 1; }
 	[ -z "$out" ] || { echo "$out"; fail "systemd-analyze verify printed warnings"; return 1; }
 	echo "systemd-analyze verify: clean"
-	# Exposure at most 1.0 (the threshold is in tenths).
-	systemd-analyze security --offline=true --threshold=10 \
-		/lib/systemd/system/smimefilter.service | tail -n 1 || fail "exposure above 1.0"
+	# Exposure at most 1.0: --threshold (in tenths) makes the exit status
+	# say so, and the figure printed is compared too.
+	local rc exposure
+	out=$(systemd-analyze security --offline=true --threshold=10 /lib/systemd/system/smimefilter.service 2>&1)
+	rc=$?
+	echo "$out" | tail -n 1
+	[ $rc -eq 0 ] || { echo "$out"; fail "systemd-analyze security: exit $rc, exposure above 1.0"; return 1; }
+	exposure=$(echo "$out" | sed -n 's/.*Overall exposure level for smimefilter.service: \([0-9.]*\).*/\1/p')
+	[ -n "$exposure" ] || fail "no exposure figure in the output of systemd-analyze security" || return 1
+	awk -v e="$exposure" 'BEGIN { exit !(e <= 1.0) }' || fail "exposure $exposure, want at most 1.0" || return 1
+	# The daemon connects to its own socket for the watchdog's self-check,
+	# so the socket must belong to the service's user.
+	local user suser
+	user=$(unit_value smimefilter.service User)
+	suser=$(unit_value smimefilter.socket SocketUser)
+	echo "service User=$user, socket SocketUser=$suser SocketGroup=$(unit_value smimefilter.socket SocketGroup) SocketMode=$(unit_value smimefilter.socket SocketMode)"
+	[ -n "$user" ] && [ "$suser" = "$user" ] ||
+		fail "SocketUser=$suser, want the service's User=$user: the watchdog could not greet its own socket"
+}
+
+# unit_value UNIT KEY: the last KEY= of the installed UNIT.
+unit_value() {
+	sed -n "s/^$2=//p" "/lib/systemd/system/$1" | tail -n 1
 }
 
 make_certificate() {
@@ -373,24 +439,38 @@ EOF
 }
 
 start_activated() {
-	mkdir -p /run/smimefilter && rm -f "$SOCK"
-	# systemd-socket-activate binds the socket (root, 0644: the client below
-	# runs as root) and, at the first connection, execs the command with
-	# LISTEN_FDS=1 and LISTEN_PID set to its own PID. setpriv drops to the
-	# service user and execs again, so LISTEN_PID still matches.
-	systemd-socket-activate -l "$SOCK" \
+	mkdir -p /run/smimefilter && rm -f "$SOCK" "$NOTIFY_SOCK"
+	# systemd's end of NOTIFY_SOCKET: the daemon, as its user, may send to
+	# it. Datagrams are written one after another, without separators.
+	socat -u "UNIX-RECV:$NOTIFY_SOCK,perm=0666" "OPEN:$STATE/notify.log,creat,trunc" \
+		2>"$STATE/socat.log" </dev/null &
+	NOTIFY_PID=$!
+	echo "$NOTIFY_PID" >"$STATE/notify.pid"
+	# systemd-socket-activate binds the socket and, at the first connection,
+	# execs the command with LISTEN_FDS=1 and LISTEN_PID set to its own PID.
+	# setpriv drops to the service user and execs again, so LISTEN_PID still
+	# matches. WATCHDOG_USEC as WatchdogSec= would set it, but short: a
+	# self-check every half second.
+	systemd-socket-activate -l "$SOCK" -E NOTIFY_SOCKET="$NOTIFY_SOCK" -E WATCHDOG_USEC=1000000 \
 		/usr/bin/setpriv --reuid="$SYSUSER" --regid="$SYSUSER" --clear-groups \
 		/usr/sbin/smimefilter -config "$STATE/smimefilter.toml" \
 		>"$STATE/daemon.log" 2>&1 </dev/null &
 	DAEMON_PID=$!
 	echo "$DAEMON_PID" >"$STATE/daemon.pid"
 	for _ in $(seq 1 100); do
-		[ -S "$SOCK" ] && { ls -l "$SOCK"; return 0; }
-		kill -0 "$DAEMON_PID" 2>/dev/null || break
+		if [ -S "$SOCK" ] && [ -S "$NOTIFY_SOCK" ]; then
+			# Owner, group and mode as smimefilter.socket makes them
+			# (the client below runs as root, which they do not stop).
+			chown "$(unit_value smimefilter.socket SocketUser):$(unit_value smimefilter.socket SocketGroup)" "$SOCK" &&
+				chmod "$(unit_value smimefilter.socket SocketMode)" "$SOCK" || return 1
+			ls -l "$SOCK" "$NOTIFY_SOCK"
+			return 0
+		fi
+		kill -0 "$DAEMON_PID" 2>/dev/null && kill -0 "$NOTIFY_PID" 2>/dev/null || break
 		sleep 0.05
 	done
-	cat "$STATE/daemon.log"
-	fail "no socket at $SOCK"
+	cat "$STATE/daemon.log" "$STATE/socat.log"
+	fail "no socket at $SOCK or $NOTIFY_SOCK"
 }
 
 deliver_one() {
@@ -424,6 +504,23 @@ check_delivered() {
 	grep -q "$SECRET" "$STATE/msg.txt" || fail "decrypted text lacks the body"
 }
 
+# watchdog_self_check: the daemon connects to its own socket, which has the
+# unit's owner and mode, gets the greeting, and sends WATCHDOG=1; it does
+# not fall back to watching only its accept loop (smimefilter(8)).
+watchdog_self_check() {
+	local pings=0
+	for _ in $(seq 1 200); do
+		pings=$(grep -o 'WATCHDOG=1' "$STATE/notify.log" 2>/dev/null | wc -l)
+		[ "$pings" -ge 3 ] && break
+		sleep 0.05
+	done
+	echo "WATCHDOG=1 messages: $pings"
+	[ "$pings" -ge 3 ] || { cat "$STATE/daemon.log"; fail "want at least 3 WATCHDOG=1 within 10s"; return 1; }
+	grep -q 'READY=1' "$STATE/notify.log" || fail "no READY=1" || return 1
+	! grep -E 'may not connect to its own socket|self-check failed' "$STATE/daemon.log" ||
+		fail "the self-check did not greet the daemon's own socket"
+}
+
 stop_activated() {
 	local rc
 	kill -TERM "$DAEMON_PID" || return 1
@@ -440,12 +537,32 @@ stop_activated() {
 	DAEMON_PID=""
 	rm -f "$STATE/daemon.pid"
 	cat "$STATE/daemon.log"
+	# The daemon has exited; socat may still be writing what it sent last.
+	for _ in $(seq 1 100); do
+		grep -q 'STOPPING=1' "$STATE/notify.log" && break
+		sleep 0.05
+	done
+	stop_notify
 	[ $rc -eq 0 ] || fail "exit status $rc after SIGTERM, want 0" || return 1
+	grep -q 'STOPPING=1' "$STATE/notify.log" || fail "no STOPPING=1" || return 1
 	! grep -q 'level=ERROR' "$STATE/daemon.log" || fail "errors in the daemon log"
+}
+
+# stop_notify ends the socat that an earlier step of this run (or of a
+# killed run) started, and only that one.
+stop_notify() {
+	local pid=${NOTIFY_PID:-}
+	[ -n "$pid" ] || pid=$(cat "$STATE/notify.pid" 2>/dev/null) || return 0
+	case $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") in
+	socat*"$NOTIFY_SOCK"*) kill -TERM "$pid" 2>/dev/null ;;
+	esac
+	NOTIFY_PID=""
+	rm -f "$STATE/notify.pid" "$NOTIFY_SOCK"
 }
 
 purge_pkg() {
 	if [ -n "$DAEMON_PID" ]; then stop_daemon "$DAEMON_PID"; fi
+	stop_notify
 	[ -f "$STATE/installed" ] || {
 		echo "this run installed nothing, so it purges nothing"
 		return 0
@@ -483,7 +600,7 @@ purge_pkg() {
 # --- main -------------------------------------------------------------------
 
 mkdir -p "$STATE/logs" && rm -f "$STATE"/logs/*
-trap 'if [ -n "$DAEMON_PID" ]; then stop_daemon "$DAEMON_PID"; fi' EXIT
+trap 'if [ -n "$DAEMON_PID" ]; then stop_daemon "$DAEMON_PID"; fi; stop_notify' EXIT
 
 step prepare prepare
 step build build
@@ -497,6 +614,7 @@ step certificate make_certificate
 step start-activated start_activated
 step deliver deliver_one
 step check-delivered check_delivered
+step watchdog watchdog_self_check
 step stop stop_activated
 step purge purge_pkg always
 

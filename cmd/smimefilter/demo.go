@@ -10,9 +10,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"time"
 
@@ -47,11 +49,13 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return exitConfig
 	}
-	if err := endWithParent(); err != nil {
+	watch, err := endWithParent(newLogger(c, stderr))
+	if err != nil {
 		fmt.Fprintln(stderr, "smimefilter demo:", err)
 		return exitFailure
 	}
 	return serve(c, stderr, func(a net.Addr) {
+		watch() // serve handles SIGTERM by now
 		fmt.Fprintf(stdout, `smimefilter demo: listening for LMTP on %[1]s, delivering to %[2]s/Maildir
 Certificate for %[3]s: %[2]s/certs/demo.pem (its key, for you only: %[2]s/demo-key.pem)
 Config in use: %[4]s
@@ -66,22 +70,70 @@ Stop with Ctrl-C.
 	})
 }
 
-// endWithParent has the kernel send SIGTERM, the clean shutdown, when the
-// parent process ends (prctl(2) PR_SET_PDEATHSIG). "go run" does not pass
-// SIGTERM on to the program it started: without this, killing it would
+// parentDeathSignal is what the kernel sends when the demo's parent thread
+// ends. Not SIGTERM itself: see endWithParent.
+const parentDeathSignal = unix.SIGUSR1
+
+// parentPoll is how often the demo looks for a new parent process even
+// without a signal: one getppid(2) a second.
+const parentPoll = time.Second
+
+// endWithParent arranges for the demo to stop, as on SIGTERM (the clean
+// shutdown), once the process that started it has ended. "go run" does not
+// pass SIGTERM on to the program it started: without this, killing it would
 // leave the demo running, holding its port and the private key's directory
-// with nobody left to stop it.
-func endWithParent() error {
+// with nobody left to stop it. The returned function starts the watch; call
+// it once SIGTERM is handled, or the SIGTERM it sends kills the process.
+//
+// prctl(2) PR_SET_PDEATHSIG fires when the parent *thread* ends, which in a
+// multi-threaded parent such as go run may happen while its process lives
+// on (this process then gets another thread of it as parent); a SIGTERM from
+// it would stop the demo early. So it sends parentDeathSignal, and the demo
+// stops only if getppid(2) names another process than at the start. The
+// setting belongs to the thread that made the call and is lost if that
+// thread ends, so getppid is also polled every parentPoll.
+func endWithParent(log *slog.Logger) (watch func(), err error) {
 	ppid := os.Getppid()
-	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGTERM), 0, 0, 0); err != nil {
-		return fmt.Errorf("asking to end with the parent process: %w", err)
+	died := make(chan os.Signal, 1)
+	signal.Notify(died, parentDeathSignal)
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(parentDeathSignal), 0, 0, 0); err != nil {
+		signal.Stop(died)
+		return nil, fmt.Errorf("asking to end with the parent process: %w", err)
 	}
 	// A parent that ended before prctl took effect sends nothing; the
 	// process was handed to another one by then.
 	if os.Getppid() != ppid {
-		return errors.New("the parent process has ended")
+		signal.Stop(died)
+		return nil, errors.New("the parent process has ended")
 	}
-	return nil
+	return func() {
+		go watchParent(ppid, os.Getppid, died, parentPoll, log, func() {
+			unix.Kill(os.Getpid(), unix.SIGTERM)
+		})
+	}, nil
+}
+
+// watchParent calls stop once getppid differs from ppid, looking at each
+// signal on died and every poll.
+func watchParent(ppid int, getppid func() int, died <-chan os.Signal, poll time.Duration, log *slog.Logger, stop func()) {
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		signalled := false
+		select {
+		case <-died:
+			signalled = true
+		case <-t.C:
+		}
+		if now := getppid(); now != ppid {
+			log.Info("demo: the parent process has ended, stopping", "parent", ppid, "new_parent", now)
+			stop()
+			return
+		}
+		if signalled {
+			log.Info("demo: parent-death signal (a thread of the parent ended), but the process lives on: still running", "parent", ppid)
+		}
+	}
 }
 
 // writeDemo creates dir with a certificate, key and config, keeping what a

@@ -2,8 +2,13 @@ package main_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
+	"net"
+	"net/textproto"
+	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -99,6 +104,92 @@ func TestDemoEndsWithParent(t *testing.T) {
 		<-exited
 		t.Fatalf("daemon still running %v after its parent was killed", waitTimeout)
 	}
+}
+
+// TestDemoOutlivesParentThread: the kernel's parent-death signal
+// (PR_SET_PDEATHSIG) comes when the thread that started the demo ends,
+// which in a multi-threaded parent like go run can happen while the parent
+// process lives on. The demo must go on serving then.
+func TestDemoOutlivesParentThread(t *testing.T) {
+	cmd := exec.Command(daemonBin, "demo", "-dir", t.TempDir(), "-address", "127.0.0.1:0")
+	cmd.Env = cleanEnv()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	errOut, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The demo is started from a thread of its own, which ends once the
+	// demo listens (and so has asked for the signal). fork(2) makes the
+	// calling thread the child's parent.
+	started := make(chan error, 1)
+	release := make(chan struct{})
+	tid := make(chan int, 1)
+	onEndingThread(func(id int) {
+		tid <- id
+		started <- cmd.Start()
+		<-release
+	})
+	if err := <-started; err != nil {
+		close(release)
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	seen := awaitLine(t, out, "listening for LMTP")
+	var addr string
+	if _, err := fmt.Sscanf(seen[len(seen)-1], "smimefilter demo: listening for LMTP on %s", &addr); err != nil {
+		t.Fatalf("no address in %q: %v", seen[len(seen)-1], err)
+	}
+	addr = strings.TrimSuffix(addr, ",")
+
+	close(release)
+	// The thread is gone from /proc only after its exit sent the signal.
+	task := fmt.Sprintf("/proc/self/task/%d", <-tid)
+	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(task); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still there %v after its goroutine returned", task, waitTimeout)
+		}
+	}
+	// With the signal being SIGTERM, the log would say "shutting down"
+	// and end here.
+	awaitLine(t, errOut, "the process lives on: still running")
+
+	c, err := net.DialTimeout("tcp", addr, waitTimeout)
+	if err != nil {
+		t.Fatalf("the demo no longer listens after its parent thread ended: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	if code, msg, err := textproto.NewReader(bufio.NewReader(c)).ReadResponse(0); code != 220 {
+		t.Errorf("greeting after the parent thread ended: got %d %s (%v), want 220", code, msg, err)
+	}
+}
+
+// onEndingThread runs f in a goroutine locked to an OS thread that ends
+// when f returns (a goroutine that returns while locked takes its thread
+// with it), and passes f that thread's id.
+func onEndingThread(f func(tid int)) {
+	go func() {
+		runtime.LockOSThread()
+		if tid := unix.Gettid(); tid != unix.Getpid() {
+			f(tid)
+			return // still locked
+		}
+		// The main thread, which the runtime never ends: it stays taken
+		// while f runs on another one.
+		done := make(chan struct{})
+		onEndingThread(func(tid int) { defer close(done); f(tid) })
+		<-done
+		runtime.UnlockOSThread()
+	}()
 }
 
 // TestDemoCtrlC: Ctrl-C sends SIGINT to the terminal's foreground process

@@ -10,9 +10,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -101,6 +103,7 @@ func TestWatchdogPingsOnlyWhileServing(t *testing.T) {
 		blocking  bool // Accept of the listener itself blocks for ever
 		dial      func(context.Context, string, string) (net.Conn, error)
 		noStore   bool // the certificate holder has no current store
+		lookup    func(*certs.Store, string)
 		wantPings bool
 		wantLog   string
 	}{
@@ -112,6 +115,8 @@ func TestWatchdogPingsOnlyWhileServing(t *testing.T) {
 		{name: "accept loop stuck", network: "unix", serve: acceptStuck, wantLog: "has not called Accept"},
 		{name: "Accept blocks for ever", network: "tcp", serve: serving, blocking: true, wantLog: "reading the greeting"},
 		{name: "no certificate store", network: "unix", serve: serving, noStore: true, wantLog: "certificate store"},
+		{name: "certificate lookup panics", network: "unix", serve: serving, lookup: lookupPanics, wantLog: "lookup panicked"},
+		{name: "certificate lookup hangs", network: "tcp", serve: serving, lookup: lookupHangs(t), wantLog: "certificate store: lookup: no answer"},
 		// systemd's socket is root:postfix 0660: the daemon cannot connect
 		// to it, and must neither be restarted for that nor go unchecked.
 		{name: "own socket not connectable, serving", network: "unix", serve: serving, dial: eacces, wantPings: true, wantLog: "checks only that socket's accept loop"},
@@ -159,6 +164,9 @@ func TestWatchdogPingsOnlyWhileServing(t *testing.T) {
 			if tt.dial != nil {
 				sc.dial = tt.dial
 			}
+			if tt.lookup != nil {
+				sc.lookup = tt.lookup
+			}
 			results := make(chan error, 100)
 			n := newNotifier(log)
 			stop := n.watchdog(func(d time.Duration) error {
@@ -192,6 +200,85 @@ func TestWatchdogPingsOnlyWhileServing(t *testing.T) {
 				t.Errorf("log: got %q, want %q exactly once", logged, tt.wantLog)
 			}
 		})
+	}
+}
+
+func lookupPanics(*certs.Store, string) { panic("injected") }
+
+// lookupHangs returns a lookup that does not return before the test ends.
+func lookupHangs(t *testing.T) func(*certs.Store, string) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	return func(*certs.Store, string) { <-release }
+}
+
+// TestWatchdogCertificateStore checks the store part of the self-check on
+// its own: it passes on a loaded store, and fails, without ending the
+// daemon or piling up goroutines, when the lookup panics or hangs; a hung
+// lookup that returns at last lets the check pass again.
+func TestWatchdogCertificateStore(t *testing.T) {
+	holder, err := certs.NewHolder(certs.Options{Dir: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	const timeout = 200 * time.Millisecond
+
+	sc := newSelfCheck(holder, log)
+	var asked []string
+	probe := sc.lookup
+	sc.lookup = func(s *certs.Store, addr string) { asked = append(asked, addr); probe(s, addr) }
+	if err := sc.run(timeout); err != nil {
+		t.Errorf("loaded store: got %v, want nil", err)
+	}
+	if len(asked) != 1 || asked[0] != storeProbe {
+		t.Errorf("lookups: got %q, want [%q]", asked, storeProbe)
+	}
+
+	if err := newSelfCheck(&certs.Holder{}, log).run(timeout); err == nil || !strings.Contains(err.Error(), "no current set") {
+		t.Errorf("holder without a store: got %v, want \"no current set\"", err)
+	}
+
+	sc = newSelfCheck(holder, log)
+	sc.lookup = lookupPanics
+	for range 2 { // the panic is recovered each time
+		if err := sc.run(timeout); err == nil || !strings.Contains(err.Error(), "lookup panicked: injected") {
+			t.Errorf("panicking lookup: got %v, want \"lookup panicked: injected\"", err)
+		}
+	}
+
+	sc = newSelfCheck(holder, log)
+	release := make(chan struct{})
+	var calls atomic.Int32
+	sc.lookup = func(*certs.Store, string) {
+		if calls.Add(1) == 1 {
+			<-release
+		}
+	}
+	start := time.Now()
+	if err := sc.run(timeout); err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("hanging lookup: got %v, want the deadline", err)
+	}
+	if d := time.Since(start); d > checkWait {
+		t.Errorf("hanging lookup: the check took %v, want about %v", d, timeout)
+	}
+	if err := sc.run(timeout); err == nil || !strings.Contains(err.Error(), "an earlier lookup has not returned") {
+		t.Errorf("while the first lookup hangs: got %v, want \"an earlier lookup has not returned\"", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("lookups started while the first hangs: got %d, want 1", n)
+	}
+	close(release)
+	deadline := time.Now().Add(checkWait)
+	for {
+		err := sc.run(timeout)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the hung lookup returned: got %v, want nil within %v", err, checkWait)
+		}
+		runtime.Gosched()
 	}
 }
 
