@@ -99,7 +99,8 @@ func (k *Key) EncryptionKeys(t time.Time) []*packet.PublicKey {
 }
 
 // primaryUsable reports whether e's primary key is valid at t, and returns
-// its governing self-signature (the primary User ID's, RFC 9580 §5.2.3.10).
+// its governing self-signature: the primary User ID's (RFC 9580 §5.2.3.27),
+// which carries the key expiration time and key flags for a version 4 key.
 func primaryUsable(e *openpgp.Entity, t time.Time) (*packet.Signature, bool) {
 	sig, id := e.PrimarySelfSignature()
 	if sig == nil || e.PrimaryKey.Version != 4 ||
