@@ -10,17 +10,19 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	"github.com/emersion/go-smtp"
 
 	"github.com/smimefilter/smimefilter/deliver"
 	"github.com/smimefilter/smimefilter/encrypted"
 	"github.com/smimefilter/smimefilter/internal/mediatype"
+	"github.com/smimefilter/smimefilter/pgpmime"
 	"github.com/smimefilter/smimefilter/smime"
-	"github.com/smimefilter/smimefilter/spool"
 )
 
-// The DATA phase. The message is read once and encrypted once, into a
-// spool of ciphertext (smime.Seal, package spool), while a checker decides
+// The DATA phase. The message is read once and encrypted once per output
+// format its copies need (seals.go), into a spool of ciphertext (package
+// spool), while a checker decides
 // whether it was already encrypted as a whole (package encrypted). Then the
 // copies go out one after another over the pool, each a separate
 // transaction: encrypted copies differ only in their RecipientInfos, and
@@ -32,16 +34,17 @@ import (
 
 // message is one received message, ready to make copies from.
 type message struct {
-	hdr   *smime.Header
-	seal  *smime.Seal
-	spool *spool.Spool
+	hdr *smime.Header
+	// smime and pgp are the seals that run (nil: no copy needs that
+	// format); at least one does, so that unencrypted copies can be
+	// decrypted back from it.
+	smime, pgp *sealing
 	// pass: the body was verified to be encrypted as a whole, so it is
 	// stored as it came.
 	pass bool
-	// out is where the seal writes; live the copy that streamed while the
-	// message arrived, if one did; partial: the spool does not hold the
-	// whole message (the live copy was the only one).
-	out     *sealOut
+	// live is the copy that streamed while the message arrived, if one
+	// did; partial: its seal's spool does not hold the whole message (the
+	// live copy was the only one).
 	live    *liveCopy
 	partial bool
 	// plan is the copies when the message is not passed through.
@@ -52,8 +55,24 @@ func (m *message) close() {
 	if m.live != nil {
 		m.live.tx.Abort() // a no-op once committed
 	}
-	m.seal.Destroy()
-	m.spool.Close()
+	m.smime.close()
+	m.pgp.close()
+}
+
+// sealingFor returns the seal that makes c's encrypted bytes.
+func (m *message) sealingFor(c *outCopy) *sealing {
+	if c.action == actEncryptPGP {
+		return m.pgp
+	}
+	return m.smime
+}
+
+// primary is the seal unencrypted copies are decrypted back from.
+func (m *message) primary() *sealing {
+	if m.smime != nil {
+		return m.smime
+	}
+	return m.pgp
 }
 
 // outCopy is one outbound transaction: recipients that get the very same
@@ -61,8 +80,9 @@ func (m *message) close() {
 type outCopy struct {
 	target deliver.Target
 	action action
-	certs  []*x509.Certificate
-	fps    []string
+	certs  []*x509.Certificate // S/MIME recipients
+	keys   []*packet.PublicKey // OpenPGP recipients: the encryption keys
+	fps    []string            // of certs or of keys, for the log
 	rcpts  []*rcpt
 	addrs  []string // distinct rewritten addresses: the envelope
 	index  []int    // rcpts[i] is envelope recipient index[i]
@@ -101,7 +121,7 @@ func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
 	for _, c := range plan {
 		var results []error
 		if msg.live != nil && c == msg.live.c {
-			results = s.finishLive(msg.live, msg, msg.out)
+			results = s.finishLive(msg.live, msg)
 		} else {
 			results = s.send(c, msg)
 		}
@@ -131,41 +151,46 @@ func (s *session) receive(r io.Reader, rcpts []*rcpt) (*message, error) {
 		drain(br)
 		return nil, fmt.Errorf("reading message header: %w", dataErr(err))
 	}
-	sp := spool.New(s.b.cfg.SpoolDir, int(s.b.cfg.SpoolMemory))
-	out := &sealOut{spool: sp}
-	seal, err := smime.NewSeal(out, hdr, s.b.cfg.SMIME)
-	if err != nil {
-		sp.Close()
-		drain(br)
-		return nil, fmt.Errorf("%w: %w", ErrEncrypt, err)
-	}
-	msg := &message{hdr: hdr, seal: seal, spool: sp, out: out, plan: s.copies(rcpts, false)}
+	msg := &message{hdr: hdr, plan: s.copies(rcpts, false)}
 	received := false
 	defer func() {
-		// On every way out but success, a panic included: the key is
-		// forgotten, the spool closed, a live copy's transaction aborted
+		// On every way out but success, a panic included: the keys are
+		// forgotten, the spools closed, a live copy's transaction aborted
 		// and its connection given back.
 		if !received {
 			msg.close()
 		}
 	}()
-	var w io.Writer = seal
+	if err := s.startSeals(msg); err != nil {
+		drain(br)
+		return nil, fmt.Errorf("%w: %w", ErrEncrypt, err)
+	}
+	var ws []io.Writer
+	for _, g := range []*sealing{msg.smime, msg.pgp} {
+		if g != nil {
+			ws = append(ws, g.seal)
+		}
+	}
 	chk := encrypted.NewChecker(hdr.Get("Content-Type"), hdr.Get("Content-Transfer-Encoding"))
 	if chk != nil {
 		chk.Write(hdr.Lead())
-		w = io.MultiWriter(seal, chk)
+		ws = append(ws, chk)
+	}
+	w := ws[0]
+	if len(ws) > 1 {
+		w = io.MultiWriter(ws...)
 	}
 	// The first encrypted copy streams as the message arrives (live.go).
 	var cand *outCopy
 	for _, c := range msg.plan {
-		if c.action == actEncrypt {
+		if c.action.encrypts() {
 			cand = c
 			break
 		}
 	}
 	tryLive := func() {
 		if cand != nil && msg.live == nil && chk.Refused() {
-			msg.live = s.startLive(cand, msg, out, len(msg.plan) == 1)
+			msg.live = s.startLive(cand, msg, len(msg.plan) == 1)
 			cand = nil // one attempt
 		}
 	}
@@ -194,8 +219,10 @@ func (s *session) receive(r io.Reader, rcpts []*rcpt) (*message, error) {
 			break
 		}
 	}
-	if werr == nil {
-		werr = seal.Close()
+	for _, g := range []*sealing{msg.smime, msg.pgp} {
+		if g != nil && werr == nil {
+			werr = g.seal.Close()
+		}
 	}
 	switch {
 	case rerr != nil:
@@ -218,6 +245,39 @@ func (s *session) receive(r io.Reader, rcpts []*rcpt) (*message, error) {
 	return msg, nil
 }
 
+// startSeals starts the seals msg's copies need: S/MIME when a copy is for
+// certificates, OpenPGP when one is for keys, and S/MIME alone when none is
+// encrypted (plaintext policy, re-injection, or a pass-through that still
+// has to be verified), to hold the message for the copies read back from
+// it.
+func (s *session) startSeals(msg *message) error {
+	var needSMIME, needPGP bool
+	for _, c := range msg.plan {
+		needSMIME = needSMIME || c.action == actEncrypt
+		needPGP = needPGP || c.action == actEncryptPGP
+	}
+	dir, mem := s.b.cfg.SpoolDir, int(s.b.cfg.SpoolMemory)
+	if needSMIME || !needPGP {
+		g := newSealing(dir, mem)
+		msg.smime = g
+		seal, err := smime.NewSeal(g.out, msg.hdr, s.b.cfg.SMIME)
+		if err != nil {
+			return err
+		}
+		g.seal = smimeSeal{seal}
+	}
+	if needPGP {
+		g := newSealing(dir, mem)
+		msg.pgp = g
+		seal, err := pgpmime.NewSeal(g.out, msg.hdr, s.b.cfg.OpenPGP)
+		if err != nil {
+			return err
+		}
+		g.seal = pgpSeal{seal}
+	}
+	return nil
+}
+
 // claimsEncryption: the header labels the message as encrypted, so a
 // failed check is worth a log line (plain text bodies are checked too, for
 // inline PGP, and fail silently).
@@ -238,22 +298,28 @@ func (s *session) copies(rcpts []*rcpt, pass bool) []*outCopy {
 	byKey := map[string]*outCopy{}
 	for _, rc := range rcpts {
 		act := rc.action
-		if pass && (act == actEncrypt || act == actPlaintext) {
+		if pass && (act.encrypts() || act == actPlaintext) {
 			// Already encrypted by the sender, verified as a whole: stored
 			// as it is, readable only by its intended recipients anyway.
 			act = actPass
 		}
-		key := copyKey(act, rc.certs)
+		key := copyKey(act, rc.certs, rc.keys)
 		c := byKey[key]
 		if c == nil {
 			c = &outCopy{target: s.b.cfg.Deliver, action: act}
 			if act == actReinject {
 				c.target = s.b.cfg.Reinject
 			}
-			if act == actEncrypt {
+			switch act {
+			case actEncrypt:
 				for _, cert := range rc.certs {
 					c.fps = append(c.fps, cert.Fingerprint)
 					c.certs = append(c.certs, cert.Certificate)
+				}
+			case actEncryptPGP:
+				for _, k := range rc.keys {
+					c.fps = append(c.fps, k.Fingerprint)
+					c.keys = append(c.keys, k.EncryptionKeys(time.Now())...)
 				}
 			}
 			byKey[key] = c
@@ -305,8 +371,9 @@ func (s *session) send(c *outCopy, msg *message) []error {
 
 // writeCopy writes c's bytes to tx.
 func writeCopy(tx deliver.Tx, c *outCopy, msg *message) error {
-	if c.action == actEncrypt {
-		if err := msg.seal.WriteEnveloped(tx, msg.spool.Reader(), c.certs); err != nil {
+	if c.action.encrypts() {
+		g := msg.sealingFor(c)
+		if err := g.seal.writeCopy(tx, g.sp.Reader(), c); err != nil {
 			return copyErr(err)
 		}
 		return nil
@@ -319,7 +386,8 @@ func writeCopy(tx deliver.Tx, c *outCopy, msg *message) error {
 	if _, err := msg.hdr.WriteTo(tx); err != nil {
 		return copyErr(err)
 	}
-	body, err := msg.seal.OpenBody(msg.spool.Reader())
+	g := msg.primary()
+	body, err := g.seal.OpenBody(g.sp.Reader())
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrEncrypt, err)
 	}

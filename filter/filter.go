@@ -1,9 +1,10 @@
 // Package filter is smimefilter's LMTP backend: a go-smtp Backend that takes
 // mail from Postfix (LMTP, RFC 2033; SMTP semantics from RFC 5321, BDAT from
 // RFC 3030), decides a plan for every recipient (rewrite, certificate
-// lookup, policy: plan.go), encrypts each message once (S/MIME per RFC 8551
-// and RFC 5652, RFC 9788 header protection, through package smime), sends
-// one copy per certificate set (copies.go; the first streams while the
+// lookup, policy: plan.go), encrypts each message once per format its copies
+// need (S/MIME per RFC 8551 and RFC 5652 through package smime, PGP/MIME per
+// RFC 3156 through package pgpmime, RFC 9788 header protection in both:
+// seals.go), sends one copy per certificate or key set (copies.go; the first streams while the
 // message arrives, live.go) through package deliver, and
 // reports every recipient's outcome back, one reply each as RFC 2033 §4.2
 // requires.
@@ -28,6 +29,7 @@ import (
 
 	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/deliver"
+	"github.com/smimefilter/smimefilter/pgpmime"
 	"github.com/smimefilter/smimefilter/recipients"
 	"github.com/smimefilter/smimefilter/smime"
 )
@@ -57,6 +59,12 @@ type Config struct {
 	RecipientDelimiter string
 	Policy             Policy
 	SMIME              smime.Options
+	// OpenPGP is how PGP/MIME copies (RFC 3156) are made, for recipients
+	// whose usable keys are OpenPGP keys.
+	OpenPGP pgpmime.Options
+	// Prefer picks the format for a recipient with both a certificate and
+	// an OpenPGP key; "" is PreferSMIME.
+	Prefer Prefer
 	// Deliver receives every copy, except what goes to Reinject.
 	Deliver deliver.Target
 	// Reinject, when set, receives recipients whose (rewritten) domain is
@@ -115,6 +123,7 @@ func NewBackend(cfg Config) *Backend {
 		lookupRewritten: cfg.LookupRewritten,
 		delimiter:       cfg.RecipientDelimiter,
 		policy:          cfg.Policy,
+		prefer:          cfg.Prefer,
 	}
 	if cfg.Reinject != nil {
 		p.hosted = cfg.HostedDomains

@@ -5,7 +5,6 @@ import (
 	"io"
 
 	"github.com/smimefilter/smimefilter/deliver"
-	"github.com/smimefilter/smimefilter/smime"
 	"github.com/smimefilter/smimefilter/spool"
 )
 
@@ -21,7 +20,7 @@ import (
 // made again from the spool, as the others are.
 type sealOut struct {
 	spool   *spool.Spool // nil once the live copy is the only copy
-	live    *smime.LiveCopy
+	live    io.Writer
 	liveErr error
 }
 
@@ -41,14 +40,16 @@ func (o *sealOut) Write(p []byte) (int, error) {
 type liveCopy struct {
 	c  *outCopy
 	tx deliver.Tx
-	lc *smime.LiveCopy
+	g  *sealing // the seal it takes its ciphertext from
+	lc io.WriteCloser
 }
 
 // startLive begins c's transaction and the live copy, first replaying what
 // the Seal wrote so far. It returns nil, leaving c to be sent from the spool
 // later, when the next hop cannot be reached now or has no connection free:
 // it never waits for one, since the client is not read meanwhile.
-func (s *session) startLive(c *outCopy, msg *message, out *sealOut, only bool) *liveCopy {
+func (s *session) startLive(c *outCopy, msg *message, only bool) *liveCopy {
+	g := msg.sealingFor(c)
 	tx, err := c.target.Begin(deliver.WithoutWaiting(s.ctx), s.envelope(c))
 	if err != nil {
 		s.log.Debug("live copy not started, sending it after the message", "tx", s.txID(), "error", err)
@@ -60,28 +61,28 @@ func (s *session) startLive(c *outCopy, msg *message, out *sealOut, only bool) *
 			tx.Abort() // on a panic too: the connection goes back
 		}
 	}()
-	lc, err := msg.seal.NewLiveCopy(tx, c.certs)
+	lc, err := g.seal.newLive(tx, c)
 	if err == nil {
-		_, err = io.Copy(lc, msg.spool.Reader())
+		_, err = io.Copy(lc, g.sp.Reader())
 	}
 	if err != nil {
 		return nil
 	}
 	started = true
-	out.live = lc
+	g.out.live = lc
 	if only {
 		// No other copy will read the spool: stop filling it.
-		out.spool = nil
+		g.out.spool = nil
 		msg.partial = true
 	}
-	return &liveCopy{c: c, tx: tx, lc: lc}
+	return &liveCopy{c: c, tx: tx, g: g, lc: lc}
 }
 
 // finishLive ends the live copy and returns its recipients' outcomes; if
 // it failed on the way, it is sent again from the spool when the spool
 // holds the whole message.
-func (s *session) finishLive(l *liveCopy, msg *message, out *sealOut) []error {
-	err := out.liveErr
+func (s *session) finishLive(l *liveCopy, msg *message) []error {
+	err := l.g.out.liveErr
 	if err == nil {
 		err = l.lc.Close()
 	}

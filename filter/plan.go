@@ -77,23 +77,37 @@ func lowerDomain(addr string) string {
 type action int
 
 const (
-	actEncrypt   action = iota // encrypted to the recipient's certificates
-	actPlaintext               // no certificate, policy plaintext: marked, unencrypted
-	actPass                    // already encrypted: delivered unchanged
-	actReinject                // not hosted here: handed back unchanged
-	actRefused                 // refused at RCPT
+	actEncrypt    action = iota // S/MIME, to the recipient's certificates
+	actEncryptPGP               // PGP/MIME, to the recipient's OpenPGP keys
+	actPlaintext                // no certificate or key, policy plaintext: marked, unencrypted
+	actPass                     // already encrypted: delivered unchanged
+	actReinject                 // not hosted here: handed back unchanged
+	actRefused                  // refused at RCPT
 )
 
 func (a action) String() string {
-	return [...]string{"encrypt", "plaintext", "passthrough", "reinject", "refused"}[a]
+	return [...]string{"encrypt", "encrypt-openpgp", "plaintext", "passthrough", "reinject", "refused"}[a]
 }
+
+// encrypts: the copy is encrypted here, in one format or the other.
+func (a action) encrypts() bool { return a == actEncrypt || a == actEncryptPGP }
+
+// Prefer says which format a recipient with both a certificate and an
+// OpenPGP key gets.
+type Prefer string
+
+const (
+	PreferSMIME   Prefer = "smime"
+	PreferOpenPGP Prefer = "openpgp"
+)
 
 // rcpt is the plan for one RCPT TO, decided when it arrives.
 type rcpt struct {
 	addr      string // as received: go-smtp's key for its status
 	rewritten string
 	action    action
-	certs     []*certs.Cert
+	certs     []*certs.Cert // for actEncrypt
+	keys      []*certs.Key  // for actEncryptPGP
 }
 
 // planner decides a recipient's plan from the configuration and one
@@ -105,6 +119,7 @@ type planner struct {
 	lookupRewritten bool
 	delimiter       string
 	policy          Policy
+	prefer          Prefer
 	// hosted is nil when every domain is delivered here.
 	hosted map[string]bool
 }
@@ -132,16 +147,20 @@ func (p *planner) plan(to string, store *certs.Store) (r *rcpt, missing, err err
 		key = rw
 	}
 	if store != nil {
-		r.certs = store.Lookup(key)
-		if len(r.certs) == 0 {
+		r.certs, r.keys = store.Lookup(key), store.LookupKeys(key)
+		if len(r.certs) == 0 && len(r.keys) == 0 {
 			if base, ok := stripDetail(key, p.delimiter); ok {
 				// alice+lists@ is alice's mailbox and alice's key.
-				r.certs = store.Lookup(base)
+				r.certs, r.keys = store.Lookup(base), store.LookupKeys(base)
 			}
 		}
 	}
-	if len(r.certs) > 0 {
-		r.action = actEncrypt
+	switch {
+	case len(r.certs) > 0 && (len(r.keys) == 0 || p.prefer != PreferOpenPGP):
+		r.action, r.keys = actEncrypt, nil
+		return r, nil, nil
+	case len(r.keys) > 0:
+		r.action, r.certs = actEncryptPGP, nil
 		return r, nil, nil
 	}
 	switch p.policy.For(key) {
@@ -174,13 +193,16 @@ func stripDetail(addr, delims string) (string, bool) {
 // copyKey names the copy a recipient gets: same key, same bytes. Encrypted
 // copies are one per distinct certificate set, so that no envelope names a
 // recipient of another copy (no Bcc leak).
-func copyKey(act action, cs []*certs.Cert) string {
-	if act != actEncrypt {
+func copyKey(act action, cs []*certs.Cert, ks []*certs.Key) string {
+	if !act.encrypts() {
 		return act.String()
 	}
-	fps := make([]string, 0, len(cs))
+	fps := make([]string, 0, len(cs)+len(ks))
 	for _, c := range cs {
 		fps = append(fps, c.Fingerprint)
+	}
+	for _, k := range ks {
+		fps = append(fps, k.Fingerprint)
 	}
 	slices.Sort(fps)
 	return act.String() + "|" + strings.Join(fps, ",")

@@ -88,6 +88,8 @@ type Config struct {
 		MissingCertificate string            `toml:"missing_certificate"`
 		KeyTransport       string            `toml:"key_transport"`
 		HeaderProtection   bool              `toml:"header_protection"`
+		Prefer             string            `toml:"prefer"`
+		HiddenRecipients   bool              `toml:"openpgp_hidden_recipients"`
 		Domains            map[string]string `toml:"domains"`
 		Addresses          map[string]string `toml:"addresses"`
 	} `toml:"policy"`
@@ -131,6 +133,7 @@ func defaultConfig() *Config {
 	c.Certs.Lookup = "original"
 	c.Policy.MissingCertificate = string(filter.Tempfail)
 	c.Policy.KeyTransport = "rsa-pkcs1v15"
+	c.Policy.Prefer = "smime"
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	return c
@@ -344,6 +347,11 @@ func (c *Config) validate(ce *configError) {
 	case "rsa-pkcs1v15", "rsa-oaep":
 	default:
 		ce.add("policy.key_transport", "%q: want \"rsa-pkcs1v15\" or \"rsa-oaep\"", c.Policy.KeyTransport)
+	}
+	switch filter.Prefer(c.Policy.Prefer) {
+	case filter.PreferSMIME, filter.PreferOpenPGP:
+	default:
+		ce.add("policy.prefer", "%q: want \"smime\" or \"openpgp\"", c.Policy.Prefer)
 	}
 
 	rw, err := recipients.Compile(c.Rewrite)

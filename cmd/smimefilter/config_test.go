@@ -19,6 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
 	"github.com/smimefilter/smimefilter/internal/smimetest"
 )
 
@@ -84,6 +88,7 @@ replace = ''
 [policy]
 missing_certificate = "maybe"
 key_transport = "rot13"
+prefer = "gpg"
 
 [log]
 level = "chatty"
@@ -107,6 +112,7 @@ memory = 4096
 		p + ":rewrite: rule 1",
 		p + ":policy.missing_certificate:",
 		p + ":policy.key_transport:",
+		p + ":policy.prefer:",
 		p + ":log.level:",
 	} {
 		if !strings.Contains(msg, want) {
@@ -365,6 +371,9 @@ func TestCheckListsCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "soon.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	// OpenPGP keys beside them: one that never expires, one in twenty days.
+	bob := writePGPKey(t, dir, "bob.asc", "bob@example.org", 0)
+	writePGPKey(t, dir, "later.asc", "later@example.org", 20*24*time.Hour)
 
 	p := writeConfig(t, "[listen]\naddress = \"127.0.0.1:10024\"\n[deliver]\nlmtp = \"/run/dovecot/lmtp\"\n[certs]\ndir = \""+dir+"\"\n")
 	var out, errb bytes.Buffer
@@ -377,8 +386,12 @@ func TestCheckListsCertificates(t *testing.T) {
 		"certificates loaded: 2",
 		"alice@example.org  sha256:" + hex.EncodeToString(sum[:]) + "  expires " + good.Cert.NotAfter.UTC().Format(time.RFC3339),
 		"soon@example.org",
-		"expiring within 30 days: 1",
+		"expiring within 30 days: 2",
 		"(in 9 days)",
+		"OpenPGP keys loaded: 2",
+		"bob@example.org  openpgp:" + bob + "  expires never",
+		"later@example.org  openpgp:",
+		"(in 19 days)",
 		"old.pem",
 		"broken.pem",
 	} {
@@ -389,4 +402,27 @@ func TestCheckListsCertificates(t *testing.T) {
 	if !strings.Contains(o, "expired") {
 		t.Errorf("the expired certificate's reason is not given:\n%s", o)
 	}
+}
+
+// writePGPKey writes an armored OpenPGP public key for addr into dir and
+// returns its fingerprint; lifetime 0 never expires.
+func writePGPKey(t *testing.T, dir, name, addr string, lifetime time.Duration) string {
+	t.Helper()
+	e, err := openpgp.NewEntity("", "", addr, &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA, KeyLifetimeSecs: uint32(lifetime / time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	w, err := armor.Encode(&b, openpgp.PublicKeyType, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Serialize(w); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if err := os.WriteFile(filepath.Join(dir, name), b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(e.PrimaryKey.Fingerprint)
 }

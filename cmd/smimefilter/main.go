@@ -24,6 +24,7 @@ import (
 	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/deliver"
 	"github.com/smimefilter/smimefilter/filter"
+	"github.com/smimefilter/smimefilter/pgpmime"
 	"github.com/smimefilter/smimefilter/server"
 	"github.com/smimefilter/smimefilter/smime"
 	"github.com/smimefilter/smimefilter/spool"
@@ -180,8 +181,17 @@ func reportCerts(w io.Writer, st *certs.Store, now time.Time) {
 	for _, c := range all {
 		fmt.Fprintf(w, "#   %s  (%s)\n", certLine(c), c.File)
 	}
+	keys := st.Keys()
+	fmt.Fprintf(w, "# OpenPGP keys loaded: %d\n", len(keys))
+	for _, k := range keys {
+		usable := ""
+		if !k.UsableAt(now) {
+			usable = "  not usable now"
+		}
+		fmt.Fprintf(w, "#   %s%s  (%s)\n", keyLine(k), usable, k.File)
+	}
 	skipped := st.Skipped()
-	fmt.Fprintf(w, "# files or certificates skipped: %d\n", len(skipped))
+	fmt.Fprintf(w, "# files, certificates or keys skipped: %d\n", len(skipped))
 	for _, s := range skipped {
 		subj := ""
 		if s.Subject != "" {
@@ -190,10 +200,22 @@ func reportCerts(w io.Writer, st *certs.Store, now time.Time) {
 		fmt.Fprintf(w, "#   %s%s: %v\n", s.File, subj, s.Err)
 	}
 	soon := st.ExpiringWithin(30 * 24 * time.Hour)
-	fmt.Fprintf(w, "# expiring within 30 days: %d\n", len(soon))
+	fmt.Fprintf(w, "# expiring within 30 days: %d\n", len(soon)+len(st.KeysExpiringWithin(30*24*time.Hour)))
 	for _, c := range soon {
 		fmt.Fprintf(w, "#   %s (in %d days)\n", certLine(c), int(c.ValidUntil().Sub(now).Hours()/24))
 	}
+	for _, k := range st.KeysExpiringWithin(30 * 24 * time.Hour) {
+		fmt.Fprintf(w, "#   %s (in %d days)\n", keyLine(k), int(k.ValidUntil().Sub(now).Hours()/24))
+	}
+}
+
+// keyLine names an OpenPGP key in check's report.
+func keyLine(k *certs.Key) string {
+	exp := "never"
+	if t := k.ValidUntil(); !t.IsZero() {
+		exp = t.UTC().Format(time.RFC3339)
+	}
+	return strings.Join(k.Addresses, ",") + "  openpgp:" + k.Fingerprint + "  expires " + exp
 }
 
 // certLine names a certificate in check's report.
@@ -265,6 +287,8 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 		RecipientDelimiter: c.Certs.RecipientDelimiter,
 		Policy:             c.policy(),
 		SMIME:              smime.Options{HeaderProtection: c.Policy.HeaderProtection},
+		OpenPGP:            pgpmime.Options{HeaderProtection: c.Policy.HeaderProtection, HideRecipients: c.Policy.HiddenRecipients},
+		Prefer:             filter.Prefer(c.Policy.Prefer),
 		Deliver:            target,
 		Reinject:           reinject,
 		MaxHeaderBytes:     c.Limits.MaxHeaderSize,
