@@ -1,8 +1,11 @@
-// Package certs loads recipients' S/MIME certificates and looks them up by
-// address (RFC 8550 certificate handling, RFC 8551 §2.3 key transport).
+// Package certs loads recipients' S/MIME certificates and OpenPGP public
+// keys and looks them up by address (RFC 8550 certificate handling, RFC 8551
+// §2.3 key transport; RFC 9580 for OpenPGP keys, openpgp.go).
 //
 // A [Store] is an immutable snapshot of one directory of certificate files
-// (PEM, DER or PKCS #7 certs-only, any number of certificates per file). A
+// (PEM, DER or PKCS #7 certs-only, any number of certificates per file) and
+// OpenPGP transferable public keys (armored or binary, any number per file;
+// each file is recognised by its content). A
 // [Holder] swaps the current Store atomically when the directory changes,
 // so that one mail transaction uses one consistent snapshot.
 //

@@ -96,7 +96,11 @@ func (h *Holder) logStore(s *Store) {
 			// Kept for later: expected ahead of a planned rollover.
 			level = slog.LevelInfo
 		}
-		h.log.Log(context.Background(), level, "certificate skipped", "file", sk.File, "subject", sk.Subject, "reason", sk.Err)
+		h.log.Log(context.Background(), level, "skipped", "file", sk.File, "subject", sk.Subject, "reason", sk.Err)
 	}
-	h.log.Info("certificates loaded", "dir", h.opts.Dir, "loaded", len(s.certs), "skipped", len(s.skipped))
+	for _, k := range s.keys {
+		h.log.Debug("OpenPGP key loaded", "file", k.File, "fingerprint", k.Fingerprint,
+			"addresses", k.Addresses, "valid_until", k.validUntil)
+	}
+	h.log.Info("certificates loaded", "dir", h.opts.Dir, "loaded", len(s.certs), "openpgp_keys", len(s.keys), "skipped", len(s.skipped))
 }
