@@ -251,7 +251,7 @@ func TestReloadLogsSkipped(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := rec.String()
-	for _, want := range []string{"msg=skipped", "key.pem", ErrPrivateKey.Error(), msgLoaded, "skipped=1"} {
+	for _, want := range []string{"skipped file=", "key.pem", ErrPrivateKey.Error(), msgLoaded, "skipped=1"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
