@@ -51,6 +51,9 @@ type setup struct {
 	// users Dovecot hosts; certs: who has a certificate.
 	users []string
 	certs []string
+	// pgpKeys are OpenPGP public keys (armored, as a client exports them)
+	// put into the certificate directory, by address.
+	pgpKeys map[string][]byte
 	// overQuota users answer 452 4.2.2.
 	overQuota []string
 	// missing is policy.missing_certificate ("" = the default).
@@ -195,6 +198,11 @@ func newStack(t testing.TB, s setup) *stack {
 		r := smimetest.NewRecipient(t, addr)
 		st.certs[addr] = r
 		if err := os.WriteFile(filepath.Join(certDir, addr+".pem"), r.CertPEM, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for addr, key := range s.pgpKeys {
+		if err := os.WriteFile(filepath.Join(certDir, addr+".asc"), key, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
