@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/smimefilter/smimefilter/internal/mailstacktest"
+	"github.com/smimefilter/smimefilter/internal/pgptest"
 )
 
 // daemonBin is the smimefilter binary built by TestMain.
@@ -27,5 +28,6 @@ func TestMain(m *testing.M) {
 	daemonBin, buildErr = bin, err
 	code := m.Run()
 	remove()
+	pgptest.Cleanup()
 	os.Exit(code)
 }
