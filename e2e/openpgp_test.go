@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/smimefilter/smimefilter/internal/mailstacktest"
@@ -19,26 +20,12 @@ import (
 func TestOpenPGPDelivery(t *testing.T) {
 	t.Parallel()
 	pgptest.Require(t, "gpg", "gpg-agent", "sq", "rnp", "rnpkeys")
-	users := []string{"gnupg@example.org", "sequoia@example.org", "rnp@example.org", "smime@example.org"}
-	g, err := pgptest.NewGnuPG("e2e-gnupg")
+	users := pgpUsers
+	ks, err := openPGPUsers()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := g.Run("--quick-gen-key", "GnuPG user <"+users[0]+">", "default", "default", "never"); err != nil {
-		t.Fatal(err)
-	}
-	gk, err := g.Export("e2e-gnupg", users[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	sk, err := pgptest.NewSqKey("e2e-sq", "Sequoia user <"+users[1]+">")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rk, err := pgptest.NewRNPKey("e2e-rnp", users[2], "22")
-	if err != nil {
-		t.Fatal(err)
-	}
+	gk, sk, rk := ks.gpg, ks.sq, ks.rnp
 	keys := map[string]*pgptest.Key{users[0]: gk, users[1]: sk, users[2]: rk}
 	st := newStack(t, setup{users: users, certs: users[3:], pgpKeys: map[string][]byte{
 		// As each exports them: GnuPG binary, Sequoia and RNP armored.
@@ -75,3 +62,30 @@ func TestOpenPGPDelivery(t *testing.T) {
 		t.Errorf("%s: the S/MIME copy differs from the entity sent", users[3])
 	}
 }
+
+var pgpUsers = []string{"gnupg@example.org", "sequoia@example.org", "rnp@example.org", "smime@example.org"}
+
+// openPGPUsers makes the first three users' keys, once per test binary
+// (go test -count reruns the test, not the key generation).
+var openPGPUsers = sync.OnceValues(func() (*pgpKeys, error) {
+	var ks pgpKeys
+	g, err := pgptest.NewGnuPG("e2e-gnupg")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := g.Run("--quick-gen-key", "GnuPG user <"+pgpUsers[0]+">", "default", "default", "never"); err != nil {
+		return nil, err
+	}
+	if ks.gpg, err = g.Export("e2e-gnupg", pgpUsers[0]); err != nil {
+		return nil, err
+	}
+	if ks.sq, err = pgptest.NewSqKey("e2e-sq", "Sequoia user <"+pgpUsers[1]+">"); err != nil {
+		return nil, err
+	}
+	if ks.rnp, err = pgptest.NewRNPKey("e2e-rnp", pgpUsers[2], "22"); err != nil {
+		return nil, err
+	}
+	return &ks, nil
+})
+
+type pgpKeys struct{ gpg, sq, rnp *pgptest.Key }
