@@ -2,14 +2,11 @@ package certs
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,84 +14,37 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
-	"github.com/smimefilter/smimefilter/internal/smimetest"
+	"github.com/smimefilter/smimefilter/internal/pgptest"
 )
 
 // OpenPGP keys are made by the tools users have (GnuPG, Sequoia, RNP), once
-// per test binary: generating them takes seconds. TestMain removes them and
-// stops the gpg-agent that GnuPG started.
-
-// pgpScratch is the directory the tools' homes live in.
-var pgpScratch = sync.OnceValues(func() (string, error) { return os.MkdirTemp("", "certs-pgp") })
+// per test binary, with pgptest: generating them takes seconds. TestMain
+// has pgptest remove them and stop the gpg-agent that GnuPG started.
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if dir, err := pgpScratch(); err == nil {
-		home := filepath.Join(dir, "gnupg")
-		if _, err := os.Stat(home); err == nil {
-			cmd := exec.Command("gpgconf", "--kill", "all")
-			cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
-			_ = cmd.Run()
-		}
-		os.RemoveAll(dir)
-	}
+	pgptest.Cleanup()
 	os.Exit(code)
 }
 
 // toolKey is one key as a tool made and exported it.
-type toolKey struct {
-	Armored, Binary []byte
-	Secret          []byte // armored secret key (GnuPG only)
-	// FPR and Subkeys are the fingerprints the tool lists, lowercase:
-	// the primary key's and the subkeys' in the tool's order.
-	FPR     string
-	Subkeys []string
-}
-
-// runTool runs a tool with extra environment and returns its stdout.
-func runTool(env []string, stdin []byte, name string, args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.Bytes(), nil
-}
+type toolKey = pgptest.Key
 
 // gpgSet is what GnuPG made, all in one home: the creation times are faked
 // into the past (--faked-system-time) so that the order of subkeys does not
 // depend on how fast the machine is.
 type gpgSet struct {
-	home string
+	*pgptest.GnuPG
 	made time.Time // the generation started after this
 	keys map[string]*toolKey
 }
 
-func (g *gpgSet) gpg(args ...string) ([]byte, error) {
-	return runTool([]string{"GNUPGHOME=" + g.home}, nil, "gpg", append([]string{"--batch", "--passphrase", "", "--pinentry-mode", "loopback"}, args...)...)
-}
-
-// at runs gpg as if it were t.
-func (g *gpgSet) at(t time.Time, args ...string) ([]byte, error) {
-	return g.gpg(append([]string{"--faked-system-time", strconv.FormatInt(t.Unix(), 10) + "!"}, args...)...)
-}
-
 var gpgKeys = sync.OnceValues(func() (*gpgSet, error) {
-	dir, err := pgpScratch()
+	home, err := pgptest.NewGnuPG("gnupg-certs")
 	if err != nil {
 		return nil, err
 	}
-	g := &gpgSet{home: filepath.Join(dir, "gnupg"), made: time.Now(), keys: map[string]*toolKey{}}
-	if err := os.Mkdir(g.home, 0o700); err != nil {
-		return nil, err
-	}
+	g := &gpgSet{GnuPG: home, made: time.Now(), keys: map[string]*toolKey{}}
 	ago := func(d time.Duration) time.Time { return g.made.Add(-d) }
 	steps := [][]string{
 		// Alice: GnuPG 2.2's defaults, RSA 3072 with an encryption subkey.
@@ -107,17 +57,17 @@ var gpgKeys = sync.OnceValues(func() (*gpgSet, error) {
 		{"--quick-gen-key", "Rita <rita@example.test>", "future-default", "default", "never"},
 	}
 	for _, s := range steps {
-		if _, err := g.at(ago(4*time.Hour), s...); err != nil {
+		if _, err := g.At(ago(4*time.Hour), s...); err != nil {
 			return nil, err
 		}
 	}
 	// Bob rolled his encryption subkey over: an old one, a newer one that
 	// expires a day after it was made, the newest revoked; and a User ID
 	// he revoked.
-	if _, err := g.at(ago(3*time.Hour), "--quick-gen-key", "Bob <bob@example.test>", "ed25519", "cert", "never"); err != nil {
+	if _, err := g.At(ago(3*time.Hour), "--quick-gen-key", "Bob <bob@example.test>", "ed25519", "cert", "never"); err != nil {
 		return nil, err
 	}
-	bob, err := g.fingerprints("bob@example.test")
+	bob, _, err := g.Fingerprints("bob@example.test")
 	if err != nil {
 		return nil, err
 	}
@@ -125,107 +75,65 @@ var gpgKeys = sync.OnceValues(func() (*gpgSet, error) {
 		ago  time.Duration
 		args []string
 	}{
-		{2 * time.Hour, []string{"--quick-add-key", bob.FPR, "cv25519", "encr", "never"}},
-		{time.Hour, []string{"--quick-add-key", bob.FPR, "cv25519", "encr", "1d"}},
-		{50 * time.Minute, []string{"--quick-add-key", bob.FPR, "cv25519", "encr", "never"}},
-		{40 * time.Minute, []string{"--quick-add-uid", bob.FPR, "Old Bob <old@example.test>"}},
-		{30 * time.Minute, []string{"--quick-revoke-uid", bob.FPR, "Old Bob <old@example.test>"}},
+		{2 * time.Hour, []string{"--quick-add-key", bob, "cv25519", "encr", "never"}},
+		{time.Hour, []string{"--quick-add-key", bob, "cv25519", "encr", "1d"}},
+		{50 * time.Minute, []string{"--quick-add-key", bob, "cv25519", "encr", "never"}},
+		{40 * time.Minute, []string{"--quick-add-uid", bob, "Old Bob <old@example.test>"}},
+		{30 * time.Minute, []string{"--quick-revoke-uid", bob, "Old Bob <old@example.test>"}},
 	} {
-		if _, err := g.at(ago(s.ago), s.args...); err != nil {
+		if _, err := g.At(ago(s.ago), s.args...); err != nil {
 			return nil, err
 		}
 	}
 	// "revkey" on the third subkey, reason 0 (none), empty description.
-	edit := []string{"GNUPGHOME=" + g.home}
-	if _, err := runTool(edit, []byte("key 3\nrevkey\ny\n0\n\ny\nsave\n"), "gpg", "--batch", "--command-fd", "0",
-		"--pinentry-mode", "loopback", "--passphrase", "", "--faked-system-time", strconv.FormatInt(ago(20*time.Minute).Unix(), 10)+"!",
-		"--edit-key", bob.FPR); err != nil {
+	edit := append(pgptest.FakedTime(ago(20*time.Minute)), "--command-fd", "0", "--edit-key", bob)
+	if _, err := g.RunInput([]byte("key 3\nrevkey\ny\n0\n\ny\nsave\n"), edit...); err != nil {
 		return nil, err
 	}
 	// Dave's only encryption subkey expires a day after it was made; his
 	// primary key never does.
-	if _, err := g.at(ago(4*time.Hour), "--quick-gen-key", "Dave <dave@example.test>", "ed25519", "cert", "never"); err != nil {
+	if _, err := g.At(ago(4*time.Hour), "--quick-gen-key", "Dave <dave@example.test>", "ed25519", "cert", "never"); err != nil {
 		return nil, err
 	}
-	dave, err := g.fingerprints("dave@example.test")
+	dave, _, err := g.Fingerprints("dave@example.test")
 	if err != nil {
 		return nil, err
 	}
-	if _, err := g.at(ago(4*time.Hour), "--quick-add-key", dave.FPR, "cv25519", "encr", "1d"); err != nil {
+	if _, err := g.At(ago(4*time.Hour), "--quick-add-key", dave, "cv25519", "encr", "1d"); err != nil {
 		return nil, err
 	}
 	// Rita imports the revocation certificate GnuPG wrote for her key
 	// (its BEGIN line is disarmed with a colon).
-	rita, err := g.fingerprints("rita@example.test")
+	rita, _, err := g.Fingerprints("rita@example.test")
 	if err != nil {
 		return nil, err
 	}
-	rev, err := os.ReadFile(filepath.Join(g.home, "openpgp-revocs.d", strings.ToUpper(rita.FPR)+".rev"))
+	rev, err := os.ReadFile(filepath.Join(g.Home, "openpgp-revocs.d", strings.ToUpper(rita)+".rev"))
 	if err != nil {
 		return nil, err
 	}
 	rev = bytes.Replace(rev, []byte(":-----BEGIN"), []byte("-----BEGIN"), 1)
-	revFile := filepath.Join(dir, "rita.rev")
+	revFile := filepath.Join(g.Home, "rita.rev")
 	if err := os.WriteFile(revFile, rev, 0o600); err != nil {
 		return nil, err
 	}
-	if _, err := g.gpg("--import", revFile); err != nil {
+	if _, err := g.Run("--import", revFile); err != nil {
 		return nil, err
 	}
 
 	for name, addr := range map[string]string{"alice": "alice@example.test", "bob": "bob@example.test", "dave": "dave@example.test",
 		"erin": "erin@example.test", "sam": "sam@example.test", "rita": "rita@example.test"} {
-		k, err := g.fingerprints(addr)
-		if err != nil {
+		if g.keys[name], err = g.Export(name, addr); err != nil {
 			return nil, err
 		}
-		if k.Armored, err = g.gpg("--armor", "--export", k.FPR); err != nil {
-			return nil, err
-		}
-		if k.Binary, err = g.gpg("--export", k.FPR); err != nil {
-			return nil, err
-		}
-		if k.Secret, err = g.gpg("--armor", "--export-secret-keys", k.FPR); err != nil {
-			return nil, err
-		}
-		g.keys[name] = k
 	}
 	return g, nil
 })
 
-// fingerprints reads the fingerprints of the key for addr from gpg's
-// machine-readable listing (DETAILS in GnuPG's doc: "fpr" records follow
-// their "pub" or "sub" record).
-func (g *gpgSet) fingerprints(addr string) (*toolKey, error) {
-	out, err := g.gpg("--with-colons", "--list-keys", "<"+addr+">")
-	if err != nil {
-		return nil, err
-	}
-	k := &toolKey{}
-	last := ""
-	for line := range strings.Lines(string(out)) {
-		f := strings.Split(strings.TrimSpace(line), ":")
-		switch {
-		case f[0] == "pub" || f[0] == "sub":
-			last = f[0]
-		case f[0] == "fpr" && len(f) > 9 && last == "pub":
-			k.FPR = strings.ToLower(f[9])
-			last = ""
-		case f[0] == "fpr" && len(f) > 9 && last == "sub":
-			k.Subkeys = append(k.Subkeys, strings.ToLower(f[9]))
-			last = ""
-		}
-	}
-	if k.FPR == "" {
-		return nil, fmt.Errorf("no fingerprint for %s in %q", addr, out)
-	}
-	return k, nil
-}
-
 // encryptsTo returns the key ID gpg encrypts to when asked to encrypt to
 // fpr at time t: which subkey GnuPG itself chooses.
 func (g *gpgSet) encryptsTo(t time.Time, fpr string) (uint64, error) {
-	ct, err := g.at(t, "--trust-model", "always", "--encrypt", "--recipient", fpr, "--output", "-", "/dev/null")
+	ct, err := g.At(t, "--trust-model", "always", "--encrypt", "--recipient", fpr, "--output", "-", "/dev/null")
 	if err != nil {
 		return 0, err
 	}
@@ -243,39 +151,15 @@ func (g *gpgSet) encryptsTo(t time.Time, fpr string) (uint64, error) {
 // sqKeys are Sequoia's: its default (Cv25519), one whose subkey is for
 // storage encryption only, and one created an hour ahead of now.
 var sqKeys = sync.OnceValues(func() (map[string]*toolKey, error) {
-	dir, err := pgpScratch()
-	if err != nil {
-		return nil, err
-	}
 	keys := map[string]*toolKey{}
 	for name, args := range map[string][]string{
-		"sq":     {"--userid", "<sq@example.test>"},
-		"store":  {"--userid", "Storage Only <store@example.test>", "--can-encrypt", "storage"},
-		"future": {"--userid", "<future@example.test>", "--creation-time", time.Now().Add(time.Hour).UTC().Format("20060102T150405Z")},
+		"sq":     {"<sq@example.test>"},
+		"store":  {"Storage Only <store@example.test>", "--can-encrypt", "storage"},
+		"future": {"<future@example.test>", "--creation-time", time.Now().Add(time.Hour).UTC().Format("20060102T150405Z")},
 	} {
-		secret := filepath.Join(dir, "sq-"+name+".key")
-		if _, err := runTool(nil, nil, "sq", append([]string{"key", "generate", "--export", secret}, args...)...); err != nil {
-			return nil, err
-		}
-		k := &toolKey{}
-		if k.Armored, err = runTool(nil, nil, "sq", "key", "extract-cert", secret); err != nil {
-			return nil, err
-		}
-		if k.Binary, err = runTool(nil, nil, "sq", "key", "extract-cert", "--binary", secret); err != nil {
-			return nil, err
-		}
-		out, err := runTool(nil, nil, "sq", "inspect", secret)
+		k, err := pgptest.NewSqKey("certs-"+name, args[0], args[1:]...)
 		if err != nil {
 			return nil, err
-		}
-		for line := range strings.Lines(string(out)) {
-			field, value, _ := strings.Cut(strings.TrimSpace(line), ": ")
-			switch field {
-			case "Fingerprint":
-				k.FPR = strings.ToLower(value)
-			case "Subkey":
-				k.Subkeys = append(k.Subkeys, strings.ToLower(value))
-			}
 		}
 		keys[name] = k
 	}
@@ -285,46 +169,12 @@ var sqKeys = sync.OnceValues(func() (map[string]*toolKey, error) {
 // rnpKey is RNP's default key (RSA 2048, two years), with the bare address
 // as its User ID, as rnpkeys writes it.
 var rnpKey = sync.OnceValues(func() (*toolKey, error) {
-	dir, err := pgpScratch()
-	if err != nil {
-		return nil, err
-	}
-	home := filepath.Join(dir, "rnp")
-	if err := os.Mkdir(home, 0o700); err != nil {
-		return nil, err
-	}
-	rnpkeys := func(args ...string) ([]byte, error) {
-		return runTool(nil, nil, "rnpkeys", append([]string{"--homedir", home, "--notty"}, args...)...)
-	}
-	if _, err := rnpkeys("--generate-key", "--userid", "rnp@example.test", "--password", ""); err != nil {
-		return nil, err
-	}
-	k := &toolKey{}
-	if k.Armored, err = rnpkeys("--export-key", "rnp@example.test"); err != nil {
-		return nil, err
-	}
-	out, err := rnpkeys("--list-keys", "--with-sigs")
-	if err != nil {
-		return nil, err
-	}
-	// A 40-digit line follows each "pub" and "sub" line.
-	for line := range strings.Lines(string(out)) {
-		s := strings.TrimSpace(line)
-		if len(s) == 40 && strings.Trim(s, "0123456789abcdef") == "" {
-			if k.FPR == "" {
-				k.FPR = s
-			} else {
-				k.Subkeys = append(k.Subkeys, s)
-			}
-		}
-	}
-	return k, nil
+	return pgptest.NewRNPKey("certs-rnp", "rnp@example.test", "")
 })
 
 func needGPG(t *testing.T) *gpgSet {
 	t.Helper()
-	smimetest.Require(t, "gpg")
-	smimetest.Require(t, "gpg-agent")
+	pgptest.Require(t, "gpg", "gpg-agent")
 	g, err := gpgKeys()
 	if err != nil {
 		t.Fatalf("making GnuPG keys: %v", err)
@@ -334,7 +184,7 @@ func needGPG(t *testing.T) *gpgSet {
 
 func needSq(t *testing.T) map[string]*toolKey {
 	t.Helper()
-	smimetest.Require(t, "sq")
+	pgptest.Require(t, "sq")
 	k, err := sqKeys()
 	if err != nil {
 		t.Fatalf("making Sequoia keys: %v", err)
@@ -344,7 +194,7 @@ func needSq(t *testing.T) map[string]*toolKey {
 
 func needRNP(t *testing.T) *toolKey {
 	t.Helper()
-	smimetest.Require(t, "rnpkeys")
+	pgptest.Require(t, "rnpkeys")
 	k, err := rnpKey()
 	if err != nil {
 		t.Fatalf("making an RNP key: %v", err)
@@ -436,7 +286,7 @@ func TestOpenPGPKeysFromTools(t *testing.T) {
 func TestOpenPGPSeveralPerFile(t *testing.T) {
 	g, sq, rnp := needGPG(t), needSq(t), needRNP(t)
 	dir := t.TempDir()
-	both, err := g.gpg("--armor", "--export", g.keys["alice"].FPR, g.keys["bob"].FPR)
+	both, err := g.Run("--armor", "--export", g.keys["alice"].FPR, g.keys["bob"].FPR)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -523,12 +373,12 @@ func TestOpenPGPUnusable(t *testing.T) {
 	writeFile(t, dir, "rita.asc", g.keys["rita"].Armored)
 	writeFile(t, dir, "sam.asc", g.keys["sam"].Armored)
 	writeFile(t, dir, "alice-secret.asc", g.keys["alice"].Secret)
-	secretBin, err := g.gpg("--export-secret-keys", g.keys["alice"].FPR)
+	secretBin, err := g.Run("--export-secret-keys", g.keys["alice"].FPR)
 	if err != nil {
 		t.Fatal(err)
 	}
 	writeFile(t, dir, "alice-secret.gpg", secretBin)
-	msg, err := g.gpg("--armor", "--trust-model", "always", "--encrypt", "--recipient", g.keys["alice"].FPR, "--output", "-", "/dev/null")
+	msg, err := g.Run("--armor", "--trust-model", "always", "--encrypt", "--recipient", g.keys["alice"].FPR, "--output", "-", "/dev/null")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
+	"github.com/smimefilter/smimefilter/internal/pgptest"
 	"github.com/smimefilter/smimefilter/pgpmime"
 )
 
@@ -21,7 +22,7 @@ import (
 //	go test -run '^$' -bench 'BenchmarkSeal' -benchmem ./pgpmime/
 //	go test -run '^$' -bench 'BenchmarkSeal/1MB' -benchmem ./pgpmime/   # without the 100 MB case
 func BenchmarkSeal(b *testing.B) {
-	_, key := goKey(b)
+	key := pgptest.GoKey(b, "go", pgptest.Curve25519).EncryptionKey(b)
 	keys := []*packet.PublicKey{key}
 	h := headerOf(b, []byte("From: a@example.test\r\nSubject: bench\r\nContent-Type: application/octet-stream\r\n\r\n"))
 	chunk := make([]byte, 64<<10)

@@ -3,62 +3,40 @@ package pgpmime_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/mail"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
 	"github.com/smimefilter/smimefilter/certs"
-	"github.com/smimefilter/smimefilter/internal/smimetest"
+	"github.com/smimefilter/smimefilter/internal/pgptest"
 	"github.com/smimefilter/smimefilter/pgpmime"
 	"github.com/smimefilter/smimefilter/smime"
 )
 
 const maxHeader = 1 << 20
 
-// The recipients' keys are made by the tools that decrypt with them (GnuPG,
-// Sequoia, RNP), once per test binary, in one scratch directory; TestMain
-// removes it and stops the gpg-agent GnuPG started there.
-var scratch = sync.OnceValues(func() (string, error) { return os.MkdirTemp("", "pgpmime") })
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if dir, err := scratch(); err == nil {
-		home := filepath.Join(dir, "gnupg")
-		if _, err := os.Stat(home); err == nil {
-			cmd := exec.Command("gpgconf", "--kill", "all")
-			cmd.Env = append(os.Environ(), "GNUPGHOME="+home)
-			_ = cmd.Run()
-		}
-		os.RemoveAll(dir)
-	}
+	pgptest.Cleanup()
 	os.Exit(code)
 }
 
-// recipient is one key pair a tool made, ready to encrypt to (through the
-// certs store, as the daemon finds it) and to decrypt with that tool.
+// recipient is one key pair a tool made (pgptest's standard keys), ready to
+// encrypt to through the certs store, as the daemon finds it, and to
+// decrypt with that tool (Decrypt) or go-crypto (pgptest.DecryptGo).
 type recipient struct {
-	name string // the tool and key type
-	addr string
-	key  *certs.Key
-	// decrypt returns the literal data of an armored OpenPGP message,
-	// decrypted by the tool that made the key. Safe for parallel use.
-	decrypt func(msg []byte) ([]byte, error)
-	// secret is the armored secret key, for go-crypto.
-	secret []byte
+	*pgptest.Key
+	key *certs.Key
 }
 
 // keys returns what a copy for r is encrypted to.
@@ -66,231 +44,55 @@ func (r *recipient) keys(t testing.TB) []*packet.PublicKey {
 	t.Helper()
 	ks := r.key.EncryptionKeys(time.Now())
 	if len(ks) != 1 {
-		t.Fatalf("%s: %d encryption keys", r.name, len(ks))
+		t.Fatalf("%s: %d encryption keys", r.Name, len(ks))
 	}
 	return ks
 }
 
-// run executes a tool with a timeout: a decryptor waiting for a passphrase
-// fails the test instead of hanging it. stderr explains failures.
-func run(env []string, name string, args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+// storeKeys holds each standard key as the certificate store loaded it,
+// once per test binary.
+var storeKeys sync.Map // name -> func() (*certs.Key, error)
+
+// toolRecipient returns the recipient whose key the named tool made (a
+// pgptest standard key name); the test skips without the tool (fails with
+// CI=true).
+func toolRecipient(t testing.TB, name string) *recipient {
+	t.Helper()
+	k := pgptest.ToolKey(t, name)
+	f, _ := storeKeys.LoadOrStore(name, sync.OnceValues(func() (*certs.Key, error) { return loadKey(k) }))
+	ck, err := f.(func() (*certs.Key, error))()
+	if err != nil {
+		t.Fatalf("loading %s: %v", name, err)
 	}
-	return stdout.Bytes(), nil
+	return &recipient{Key: k, key: ck}
 }
 
-// withFile writes data to a fresh file in dir for the duration of f.
-func withFile(dir string, data []byte, f func(path string) ([]byte, error)) ([]byte, error) {
-	file, err := os.CreateTemp(dir, "msg-*.asc")
+// loadKey puts the public key into a certificate directory of its own and
+// loads it: the recipients' keys come from certs as they do in the daemon.
+func loadKey(k *pgptest.Key) (*certs.Key, error) {
+	scratch, err := pgptest.Dir()
 	if err != nil {
 		return nil, err
 	}
-	defer os.Remove(file.Name())
-	_, err = file.Write(data)
-	if cerr := file.Close(); err == nil {
-		err = cerr
-	}
+	dir, err := os.MkdirTemp(scratch, "certs-")
 	if err != nil {
 		return nil, err
 	}
-	return f(file.Name())
-}
-
-type toolSet struct {
-	dir  string
-	byID map[string]*recipient
-}
-
-// loadKeys puts the public keys into a certificate directory and loads it:
-// the recipients' keys come from certs as they do in the daemon.
-func (ts *toolSet) loadKeys(pub map[string][]byte) error {
-	dir := filepath.Join(ts.dir, "certs")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for name, data := range pub {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			return err
-		}
+	if err := os.WriteFile(filepath.Join(dir, k.Name+".asc"), k.Armored, 0o600); err != nil {
+		return nil, err
 	}
 	st, err := certs.Load(certs.Options{Dir: dir})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if sk := st.Skipped(); len(sk) > 0 {
-		return fmt.Errorf("keys skipped: %v", sk)
+		return nil, fmt.Errorf("keys skipped: %v", sk)
 	}
-	for _, r := range ts.byID {
-		ks := st.LookupKeys(r.addr)
-		if len(ks) != 1 {
-			return fmt.Errorf("%s: %d keys for %s", r.name, len(ks), r.addr)
-		}
-		r.key = ks[0]
+	ks := st.LookupKeys(k.Addr)
+	if len(ks) != 1 {
+		return nil, fmt.Errorf("%s: %d keys for %s", k.Name, len(ks), k.Addr)
 	}
-	return nil
-}
-
-var tools = sync.OnceValues(func() (*toolSet, error) {
-	dir, err := scratch()
-	if err != nil {
-		return nil, err
-	}
-	ts := &toolSet{dir: dir, byID: map[string]*recipient{}}
-	pub := map[string][]byte{}
-
-	// GnuPG: its 2.2 default (RSA 3072) and Cv25519, in one home.
-	if _, err := exec.LookPath("gpg"); err == nil {
-		home := filepath.Join(dir, "gnupg")
-		if err := os.Mkdir(home, 0o700); err != nil {
-			return nil, err
-		}
-		env := []string{"GNUPGHOME=" + home}
-		gpg := func(args ...string) ([]byte, error) {
-			return run(env, "gpg", append([]string{"--batch", "--pinentry-mode", "loopback", "--passphrase", ""}, args...)...)
-		}
-		for name, algo := range map[string]string{"gpg-rsa": "default", "gpg-cv25519": "future-default"} {
-			addr := name + "@example.test"
-			if _, err := gpg("--quick-gen-key", "GnuPG <"+addr+">", algo, "default", "never"); err != nil {
-				return nil, err
-			}
-			p, err := gpg("--armor", "--export", "<"+addr+">")
-			if err != nil {
-				return nil, err
-			}
-			sec, err := gpg("--armor", "--export-secret-keys", "<"+addr+">")
-			if err != nil {
-				return nil, err
-			}
-			pub[name+".asc"] = p
-			ts.byID[name] = &recipient{name: name, addr: addr, secret: sec, decrypt: func(msg []byte) ([]byte, error) {
-				return withFile(dir, msg, func(path string) ([]byte, error) {
-					return gpg("--decrypt", "--output", "-", path)
-				})
-			}}
-		}
-	}
-
-	// Sequoia: its default, Cv25519.
-	if _, err := exec.LookPath("sq"); err == nil {
-		secret := filepath.Join(dir, "sq.key")
-		addr := "sq@example.test"
-		if _, err := run(nil, "sq", "key", "generate", "--userid", "<"+addr+">", "--export", secret); err != nil {
-			return nil, err
-		}
-		p, err := run(nil, "sq", "key", "extract-cert", secret)
-		if err != nil {
-			return nil, err
-		}
-		sec, err := os.ReadFile(secret)
-		if err != nil {
-			return nil, err
-		}
-		pub["sq.pgp"] = p
-		ts.byID["sq"] = &recipient{name: "sq", addr: addr, secret: sec, decrypt: func(msg []byte) ([]byte, error) {
-			return withFile(dir, msg, func(path string) ([]byte, error) {
-				return run(nil, "sq", "decrypt", "--recipient-key", secret, path)
-			})
-		}}
-	}
-
-	// RNP (Thunderbird's OpenPGP engine): its default (RSA 2048) and, in
-	// expert mode, EdDSA + X25519 (choice 22), as Thunderbird makes them.
-	if _, err := exec.LookPath("rnpkeys"); err == nil {
-		for name, expert := range map[string]string{"rnp-rsa": "", "rnp-25519": "22\n"} {
-			home := filepath.Join(dir, name)
-			if err := os.Mkdir(home, 0o700); err != nil {
-				return nil, err
-			}
-			addr := name + "@example.test"
-			args := []string{"--homedir", home, "--generate-key", "--userid", addr, "--password", ""}
-			cmd := exec.Command("rnpkeys", args...)
-			if expert != "" {
-				cmd = exec.Command("rnpkeys", append(args, "--expert")...)
-				cmd.Stdin = strings.NewReader(expert)
-			}
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("rnpkeys %v: %w: %s", args, err, out)
-			}
-			p, err := run(nil, "rnpkeys", "--homedir", home, "--export-key", addr)
-			if err != nil {
-				return nil, err
-			}
-			sec, err := run(nil, "rnpkeys", "--homedir", home, "--export-key", "--secret", addr)
-			if err != nil {
-				return nil, err
-			}
-			pub[name+".asc"] = p
-			ts.byID[name] = &recipient{name: name, addr: addr, secret: sec, decrypt: func(msg []byte) ([]byte, error) {
-				return withFile(dir, msg, func(path string) ([]byte, error) {
-					return run(nil, "rnp", "--homedir", home, "--notty", "--decrypt", path, "--output", "-")
-				})
-			}}
-		}
-	}
-	if err := ts.loadKeys(pub); err != nil {
-		return nil, err
-	}
-	return ts, nil
-})
-
-// toolRecipient returns the recipient whose key the named tool made; the
-// test skips without the tool (fails with CI=true).
-func toolRecipient(t testing.TB, name string) *recipient {
-	t.Helper()
-	tool := map[string]string{"gpg": "gpg", "sq": "sq", "rnp": "rnp"}[strings.SplitN(name, "-", 2)[0]]
-	smimetest.Require(t, tool)
-	if tool == "gpg" {
-		smimetest.Require(t, "gpg-agent")
-	}
-	if tool == "rnp" {
-		smimetest.Require(t, "rnpkeys")
-	}
-	ts, err := tools()
-	if err != nil {
-		t.Fatalf("making keys: %v", err)
-	}
-	r := ts.byID[name]
-	if r == nil {
-		t.Fatalf("no key %s", name)
-	}
-	return r
-}
-
-// goDecrypt decrypts an armored message with go-crypto and r's secret key:
-// the in-process second opinion. It returns the literal data and its packet.
-func goDecrypt(msg []byte, rs ...*recipient) ([]byte, *packet.LiteralData, error) {
-	var ring openpgp.EntityList
-	for _, r := range rs {
-		el, err := openpgp.ReadArmoredKeyRing(bytes.NewReader(r.secret))
-		if err != nil {
-			return nil, nil, err
-		}
-		ring = append(ring, el...)
-	}
-	block, err := armor.Decode(bytes.NewReader(msg))
-	if err != nil {
-		return nil, nil, err
-	}
-	md, err := openpgp.ReadMessage(block.Body, ring, nil, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	if !md.IsEncrypted || md.LiteralData == nil {
-		return nil, nil, fmt.Errorf("not an encrypted literal message: %+v", md)
-	}
-	body, err := io.ReadAll(md.UnverifiedBody)
-	if err != nil {
-		// The MDC is checked at the end of the body.
-		return nil, nil, err
-	}
-	return body, md.LiteralData, nil
+	return ks[0], nil
 }
 
 // sealMessage reads raw as the daemon does and seals it; it returns the

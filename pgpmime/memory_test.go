@@ -6,21 +6,11 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
+	"github.com/smimefilter/smimefilter/internal/pgptest"
 	"github.com/smimefilter/smimefilter/pgpmime"
 )
-
-// goKey is an in-process X25519 key for tests that need no decryptor.
-func goKey(t testing.TB) (*openpgp.Entity, *packet.PublicKey) {
-	t.Helper()
-	e, err := openpgp.NewEntity("Go", "", "go@example.test", &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e, e.Subkeys[0].PublicKey
-}
 
 // heapWatch records the largest live heap, measured after a collection, at
 // every MiB of data: what the seal, a copy and OpenBody keep, as opposed to
@@ -64,7 +54,7 @@ func (d watchedWriter) Write(p []byte) (int, error) { d.w.add(len(p)); return le
 func TestBoundedMemory(t *testing.T) {
 	const size = 32 << 20
 	const limit = 2 << 20
-	_, key := goKey(t)
+	key := pgptest.GoKey(t, "go", pgptest.Curve25519).EncryptionKey(t)
 	h := headerOf(t, []byte("From: a@example.test\r\nSubject: big\r\nContent-Type: application/octet-stream\r\n\r\n"))
 	chunk := bytes.Repeat([]byte{0x5a, 0xa5, 0x0f, 0xf0}, 8<<10)
 	// The ciphertext's room is taken before measuring: it is the spool.

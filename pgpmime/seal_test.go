@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
 	"github.com/smimefilter/smimefilter/encrypted"
+	"github.com/smimefilter/smimefilter/internal/pgptest"
 	"github.com/smimefilter/smimefilter/internal/smimetest"
 	"github.com/smimefilter/smimefilter/pgpmime"
 	"github.com/smimefilter/smimefilter/smime"
@@ -20,7 +20,7 @@ import (
 
 // corpusTools are the decryptors every corpus message goes through, each
 // with a key of its own making.
-var corpusTools = []string{"gpg-rsa", "sq", "rnp-25519"}
+var corpusTools = []string{pgptest.GPGRSA, pgptest.Sq, pgptest.RNP25519}
 
 // TestCopiesDecryptWithTools: every corpus message is encrypted once; a copy
 // for a key made by GnuPG, Sequoia or RNP decrypts with that tool, and with
@@ -41,34 +41,34 @@ func TestCopiesDecryptWithTools(t *testing.T) {
 			t.Parallel()
 			s, h, ct := sealMessage(t, m.Raw, pgpmime.Options{})
 			for _, r := range rs {
-				if m.Large && r.name != "gpg-rsa" {
+				if m.Large && r.Name != pgptest.GPGRSA {
 					continue
 				}
 				msg := copyFor(t, s, ct, r.keys(t)...)
 				checkOuter(t, h, msg, false)
 				armored := parsePGPMIME(t, msg).armored
-				got, err := r.decrypt(armored)
+				got, err := r.Decrypt(armored)
 				if err != nil {
-					t.Errorf("%s: %v", r.name, err)
+					t.Errorf("%s: %v", r.Name, err)
 					continue
 				}
 				if !bytes.Equal(got, m.Inner) {
-					t.Errorf("%s: decrypted entity differs: %s", r.name, diffAt(got, m.Inner))
+					t.Errorf("%s: decrypted entity differs: %s", r.Name, diffAt(got, m.Inner))
 					continue
 				}
 				if m.Signed {
 					if err := smimetest.VerifySigned(t, got, ca); err != nil {
-						t.Errorf("%s: signature no longer verifies: %v", r.name, err)
+						t.Errorf("%s: signature no longer verifies: %v", r.Name, err)
 					}
 				}
 				if m.Large {
 					continue
 				}
-				gotGo, lit, err := goDecrypt(armored, r)
+				gotGo, lit, err := pgptest.DecryptGo(armored, r)
 				if err != nil {
-					t.Errorf("go-crypto for %s: %v", r.name, err)
+					t.Errorf("go-crypto for %s: %v", r.Name, err)
 				} else if !bytes.Equal(gotGo, m.Inner) {
-					t.Errorf("go-crypto for %s: %s", r.name, diffAt(gotGo, m.Inner))
+					t.Errorf("go-crypto for %s: %s", r.Name, diffAt(gotGo, m.Inner))
 				} else if !lit.IsBinary || lit.FileName != "" || lit.Time != 0 {
 					t.Errorf("literal packet: binary %v, name %q, time %d; want binary, no name, 0", lit.IsBinary, lit.FileName, lit.Time)
 				}
@@ -93,9 +93,8 @@ func TestCopiesDecryptWithTools(t *testing.T) {
 // every key in one copy; with wildcard key IDs too, which GnuPG, Sequoia and
 // go-crypto resolve by trying their secret keys.
 func TestKeyTypes(t *testing.T) {
-	names := []string{"gpg-rsa", "gpg-cv25519", "sq", "rnp-rsa", "rnp-25519"}
 	var rs []*recipient
-	for _, n := range names {
+	for _, n := range pgptest.StandardKeys {
 		rs = append(rs, toolRecipient(t, n))
 	}
 	raw := []byte("From: a@example.test\r\nSubject: key types\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGr\xc3\xbc\xc3\x9fe \xe2\x80\x94 caf\xc3\xa9\r\n")
@@ -122,28 +121,25 @@ func TestKeyTypes(t *testing.T) {
 						t.Errorf("hide %v: key packet %d names %016x", hide, j, id)
 					}
 				}
-				got, err := r.decrypt(armored)
-				if hide && strings.HasPrefix(r.name, "rnp") {
+				got, err := r.Decrypt(armored)
+				if hide && r.Tool == "rnp" {
 					// RNP 0.16 (Debian 12) does not try its keys on a
 					// wildcard key ID: Options.HideRecipients says so.
-					t.Logf("%s with wildcard key IDs: %v", r.name, err)
+					t.Logf("%s with wildcard key IDs: %v", r.Name, err)
 					continue
 				}
 				if err != nil {
-					t.Errorf("%s (hidden %v, %d keys): %v", r.name, hide, len(ks), err)
+					t.Errorf("%s (hidden %v, %d keys): %v", r.Name, hide, len(ks), err)
 				} else if !bytes.Equal(got, want) {
-					t.Errorf("%s (hidden %v, %d keys): %s", r.name, hide, len(ks), diffAt(got, want))
+					t.Errorf("%s (hidden %v, %d keys): %s", r.Name, hide, len(ks), diffAt(got, want))
 				}
-				if _, _, err := goDecrypt(armored, rs[i]); err != nil {
-					t.Errorf("go-crypto for %s: %v", r.name, err)
+				if _, _, err := pgptest.DecryptGo(armored, rs[i]); err != nil {
+					t.Errorf("go-crypto for %s: %v", r.Name, err)
 				}
 			}
 		}
 	}
 }
-
-// pubkeyEnc is what gpg --list-packets prints for each PKESK.
-var pubkeyEnc = regexp.MustCompile(`(?m)^:pubkey enc packet: version 3, algo \d+, keyid ([0-9A-F]{16})`)
 
 // TestTwoRecipientsTwoCopies: one message, two recipients with their own
 // keys: two copies of one encryption, each with one key packet naming only
@@ -151,24 +147,7 @@ var pubkeyEnc = regexp.MustCompile(`(?m)^:pubkey enc packet: version 3, algo \d+
 // byte; each opens with its recipient's key only. With HideRecipients the
 // key IDs are the wildcard.
 func TestTwoRecipientsTwoCopies(t *testing.T) {
-	alice, bob := toolRecipient(t, "gpg-rsa"), toolRecipient(t, "gpg-cv25519")
-	ts, _ := tools()
-	gnupg := []string{"GNUPGHOME=" + filepath.Join(ts.dir, "gnupg")}
-	listPackets := func(armored []byte) []string {
-		t.Helper()
-		out, err := withFile(t.TempDir(), armored, func(path string) ([]byte, error) {
-			// --list-only: list the packets without decrypting.
-			return run(gnupg, "gpg", "--batch", "--list-only", "--list-packets", path)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ids []string
-		for _, m := range pubkeyEnc.FindAllStringSubmatch(string(out), -1) {
-			ids = append(ids, strings.ToLower(m[1]))
-		}
-		return ids
-	}
+	alice, bob := toolRecipient(t, pgptest.GPGRSA), toolRecipient(t, pgptest.GPGCv25519)
 	raw := []byte("From: c@example.test\r\nTo: alice@example.test\r\nBcc: bob@example.test\r\nSubject: both\r\n\r\n" + strings.Repeat("shared line\r\n", 20000))
 	for _, hide := range []bool{false, true} {
 		s, _, ct := sealMessage(t, raw, pgpmime.Options{HideRecipients: hide})
@@ -176,24 +155,24 @@ func TestTwoRecipientsTwoCopies(t *testing.T) {
 		for _, pair := range [][2]*recipient{{alice, bob}, {bob, alice}} {
 			r, other := pair[0], pair[1]
 			armored := parsePGPMIME(t, copyFor(t, s, ct, r.keys(t)...)).armored
-			ids := listPackets(armored)
+			pkesks := pgptest.KeyPackets(t, armored)
 			want := r.keys(t)[0].KeyIdString()
 			if hide {
 				want = "0000000000000000"
 			}
-			if len(ids) != 1 || strings.ToLower(ids[0]) != strings.ToLower(want) {
-				t.Errorf("hide %v: copy for %s has key packets %v, want one for %s", hide, r.name, ids, want)
+			if len(pkesks) != 1 || pkesks[0].Version != 3 || pkesks[0].KeyID != strings.ToLower(want) {
+				t.Errorf("hide %v: copy for %s has key packets %+v, want one v3 for %s", hide, r.Name, pkesks, want)
 			}
 			_, data := packetsOf(t, armored)
 			if !bytes.Equal(data, ct) {
-				t.Errorf("copy for %s: encrypted data differs from the sealed ciphertext", r.name)
+				t.Errorf("copy for %s: encrypted data differs from the sealed ciphertext", r.Name)
 			}
 			datas = append(datas, data)
-			if _, _, err := goDecrypt(armored, r); err != nil {
-				t.Errorf("go-crypto, %s's key: %v", r.name, err)
+			if _, _, err := pgptest.DecryptGo(armored, r); err != nil {
+				t.Errorf("go-crypto, %s's key: %v", r.Name, err)
 			}
-			if _, _, err := goDecrypt(armored, other); err == nil {
-				t.Errorf("copy for %s opens with %s's key", r.name, other.name)
+			if _, _, err := pgptest.DecryptGo(armored, other); err == nil {
+				t.Errorf("copy for %s opens with %s's key", r.Name, other.Name)
 			}
 		}
 		if !bytes.Equal(datas[0], datas[1]) {
@@ -224,7 +203,7 @@ func checkOuter(t testing.TB, h *smime.Header, msg []byte, hp bool) {
 // is "[...]", the protected fields and hp="cipher" are inside, and the outer
 // fields are those of the S/MIME copy.
 func TestHeaderProtection(t *testing.T) {
-	r := toolRecipient(t, "gpg-cv25519")
+	r := toolRecipient(t, pgptest.GPGCv25519)
 	raw := []byte("From: Alice <alice@example.test>\r\nTo: bob@example.test\r\nSubject: the secret plan\r\nKeywords: plan\r\nMessage-ID: <1@example.test>\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nbody\r\n")
 	s, h, ct := sealMessage(t, raw, pgpmime.Options{HeaderProtection: true})
 	msg := copyFor(t, s, ct, r.keys(t)...)
@@ -236,7 +215,7 @@ func TestHeaderProtection(t *testing.T) {
 	if got := p.header.Get("Keywords"); got != "" {
 		t.Errorf("outer Keywords %q, want none", got)
 	}
-	inner, err := r.decrypt(p.armored)
+	inner, err := r.Decrypt(p.armored)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +243,7 @@ func TestHeaderProtection(t *testing.T) {
 // TestLineEnds: a message read with bare LFs gets bare LFs in the lines the
 // copy adds; GnuPG still decrypts the entity byte for byte.
 func TestLineEnds(t *testing.T) {
-	r := toolRecipient(t, "gpg-rsa")
+	r := toolRecipient(t, pgptest.GPGRSA)
 	raw := []byte("From: a@example.test\nSubject: lf\nContent-Type: text/plain\n\nline one\nline two\n")
 	s, h, ct := sealMessage(t, raw, pgpmime.Options{})
 	msg := copyFor(t, s, ct, r.keys(t)...)
@@ -272,7 +251,7 @@ func TestLineEnds(t *testing.T) {
 		t.Errorf("CR in a bare-LF copy:\n%q", msg)
 	}
 	checkOuter(t, h, msg, false)
-	got, err := r.decrypt(parsePGPMIME(t, msg).armored)
+	got, err := r.Decrypt(parsePGPMIME(t, msg).armored)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +329,7 @@ func TestOpenBodyTampered(t *testing.T) {
 // TestGoRoundTripTampered: go-crypto, reading a copy whose encrypted data
 // was altered, reports the MDC mismatch.
 func TestGoRoundTripTampered(t *testing.T) {
-	r := toolRecipient(t, "sq")
+	r := toolRecipient(t, pgptest.Sq)
 	s, _, ct := sealMessage(t, []byte("Subject: s\r\n\r\n"+strings.Repeat("x", 5000)), pgpmime.Options{})
 	bad := bytes.Clone(ct)
 	bad[len(bad)-10] ^= 0x80
@@ -358,10 +337,10 @@ func TestGoRoundTripTampered(t *testing.T) {
 	if err := s.WriteCopy(&out, bytes.NewReader(bad), r.keys(t)); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := goDecrypt(parsePGPMIME(t, out.Bytes()).armored, r); err == nil {
+	if _, _, err := pgptest.DecryptGo(parsePGPMIME(t, out.Bytes()).armored, r); err == nil {
 		t.Error("go-crypto decrypted a tampered copy without an error")
 	}
-	if _, err := r.decrypt(parsePGPMIME(t, out.Bytes()).armored); err == nil {
+	if _, err := r.Decrypt(parsePGPMIME(t, out.Bytes()).armored); err == nil {
 		t.Error("sq decrypted a tampered copy without an error")
 	}
 }
@@ -387,7 +366,7 @@ func (w *tee) Write(p []byte) (int, error) {
 // part of the ciphertext was written (replayed from the spool), decrypts
 // like one made afterwards; closing it early is an error.
 func TestLiveCopy(t *testing.T) {
-	r := toolRecipient(t, "rnp-rsa")
+	r := toolRecipient(t, pgptest.RNPRSA)
 	raw := []byte("From: a@example.test\r\nSubject: live\r\n\r\n" + strings.Repeat("streamed while it arrives\r\n", 10000))
 	h := headerOf(t, raw)
 	body := raw[bytes.Index(raw, []byte("\r\n\r\n"))+4:]
@@ -421,7 +400,7 @@ func TestLiveCopy(t *testing.T) {
 	}
 	checkOuter(t, h, live.Bytes(), false)
 	armored := parsePGPMIME(t, live.Bytes()).armored
-	got, err := r.decrypt(armored)
+	got, err := r.Decrypt(armored)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -457,7 +436,7 @@ func TestLiveCopy(t *testing.T) {
 // TestSealMisuse: a copy needs a closed, living seal, keys, and exactly the
 // ciphertext it wrote.
 func TestSealMisuse(t *testing.T) {
-	r := toolRecipient(t, "sq")
+	r := toolRecipient(t, pgptest.Sq)
 	s, _, ct := sealMessage(t, []byte("Subject: s\r\n\r\nbody"+strings.Repeat("y", 100)), pgpmime.Options{})
 	for name, src := range map[string][]byte{
 		"short": ct[:len(ct)-1],
@@ -507,7 +486,7 @@ func TestSealMisuse(t *testing.T) {
 // TestCopyIsPassedThrough: a copy fed back to the filter (a forward, a
 // re-injection) counts as encrypted as a whole and would pass unchanged.
 func TestCopyIsPassedThrough(t *testing.T) {
-	r := toolRecipient(t, "sq")
+	r := toolRecipient(t, pgptest.Sq)
 	s, _, ct := sealMessage(t, []byte("Subject: s\r\n\r\n"+strings.Repeat("z", 70000)), pgpmime.Options{})
 	msg := copyFor(t, s, ct, r.keys(t)...)
 	h := headerOf(t, msg)
