@@ -44,6 +44,10 @@ var (
 	// ErrUntrusted: Options.Roots is set and the certificate does not
 	// chain to one of them.
 	ErrUntrusted = errors.New("does not chain to a trusted root")
+	// ErrEnrolled: a file of Options.EnrolledDir that cannot be bound to
+	// an address (no or a bad Enrolled-Address line, or an address the
+	// certificate does not name).
+	ErrEnrolled = errors.New("unusable enrolled certificate file")
 )
 
 // RSA key sizes accepted for key transport. RFC 8550 §4.3 requires 2048 to

@@ -30,9 +30,10 @@ type Holder struct {
 	pollFallback time.Duration // directory rescan without inotify; retry of a lost watch
 	forcePoll    bool          // tests: behave as if inotify were unavailable
 
-	// sig summarizes the directory as it was before the first load; Watch
-	// starts from it, so a change made during that load is noticed.
-	sig [sha256.Size]byte
+	// sig and enrolledSig summarize the directories as they were before
+	// the first load; Watch starts from them, so a change made during
+	// that load is noticed.
+	sig, enrolledSig [sha256.Size]byte
 }
 
 // NewHolder loads opts.Dir once. An unreadable directory is an error (a
@@ -51,6 +52,7 @@ func NewHolder(opts Options, log *slog.Logger) (*Holder, error) {
 		pollFallback: 5 * time.Second,
 	}
 	h.sig = dirSignature(opts.Dir)
+	h.enrolledSig = dirSignature(opts.EnrolledDir)
 	s, err := Load(opts)
 	if err != nil {
 		return nil, err
@@ -73,7 +75,7 @@ func (h *Holder) Reload() error {
 	s, err := Load(h.opts)
 	if err != nil {
 		h.log.Error("certificate reload failed, keeping the previous certificates",
-			"dir", h.opts.Dir, "err", err)
+			"dir", h.opts.Dir, "enrolled_dir", h.opts.EnrolledDir, "err", err)
 		return err
 	}
 	h.cur.Store(s)
@@ -83,7 +85,7 @@ func (h *Holder) Reload() error {
 
 func (h *Holder) logStore(s *Store) {
 	for _, c := range s.certs {
-		h.log.Debug("certificate loaded", "file", c.File, "sha256", c.Fingerprint,
+		h.log.Debug("certificate loaded", "file", c.File, "source", c.Source, "sha256", c.Fingerprint,
 			"addresses", c.Addresses, "valid_until", c.validUntil)
 	}
 	for _, sk := range s.skipped {
@@ -102,5 +104,15 @@ func (h *Holder) logStore(s *Store) {
 		h.log.Debug("OpenPGP key loaded", "file", k.File, "fingerprint", k.Fingerprint,
 			"addresses", k.Addresses, "valid_until", k.validUntil)
 	}
-	h.log.Info("certificates loaded", "dir", h.opts.Dir, "loaded", len(s.certs), "openpgp_keys", len(s.keys), "skipped", len(s.skipped))
+	enrolled := 0
+	for _, c := range s.certs {
+		if c.Source == SourceEnrollment {
+			enrolled++
+		}
+	}
+	attrs := []any{"dir", h.opts.Dir, "loaded", len(s.certs), "openpgp_keys", len(s.keys), "skipped", len(s.skipped)}
+	if h.opts.EnrolledDir != "" {
+		attrs = append(attrs, "enrolled_dir", h.opts.EnrolledDir, "enrolled", enrolled)
+	}
+	h.log.Info("certificates loaded", attrs...)
 }

@@ -1,12 +1,15 @@
 package certs
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,9 +28,26 @@ type Options struct {
 	// certificates of Dir as intermediates. When nil, every certificate in
 	// Dir is taken as vouched for by whoever put it there.
 	Roots *x509.CertPool
+	// EnrolledDir, when set, is the directory of certificates users
+	// enrolled themselves (package enroll's ActiveDir), loaded beside Dir
+	// and watched the same way. Each file there holds "Key: value" lines
+	// before its PEM: its "Enrolled-Address:" names the one address it was
+	// confirmed for, and it is used for that address only, whatever else
+	// its subjectAltName lists: enrolling for alice@ must not make the
+	// certificate serve bob@, which it may also name. The certificates
+	// after the first of a file only serve as its intermediates. A
+	// missing EnrolledDir is empty (nothing was enrolled yet); Dir may
+	// then be "" too.
+	EnrolledDir string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
+
+// Where a certificate came from (Cert.Source).
+const (
+	SourceDirectory  = "directory"  // Options.Dir, put there by an administrator
+	SourceEnrollment = "enrollment" // Options.EnrolledDir, enrolled by its user
+)
 
 // Cert is a certificate that passed every check at load time.
 type Cert struct {
@@ -39,8 +59,11 @@ type Cert struct {
 	File string
 	// Addresses are the mailboxes it is for, sorted, domains lowercased:
 	// its subjectAltName rfc822Names, or the subject DN emailAddress when
-	// it has no rfc822Name.
+	// it has no rfc822Name; for an enrolled certificate, only the address
+	// it was enrolled for.
 	Addresses []string
+	// Source is SourceDirectory or SourceEnrollment.
+	Source string
 
 	// validFrom and validUntil narrow NotBefore..NotAfter to the chain's
 	// common validity when Roots is set: an expired intermediate makes the
@@ -103,10 +126,25 @@ type candidate struct {
 	cert *x509.Certificate
 	file string
 	fp   string
+	// bound is the address an enrolled certificate is for; "" for the
+	// certificates of Dir.
+	bound string
 }
 
-// Load reads every certificate file of opts.Dir. It fails only when the
-// directory itself cannot be read; a bad file or certificate becomes a
+// loading is the state of one Load across its directories.
+type loading struct {
+	s     *Store
+	cands []candidate
+	// Chains that came with enrolled certificates: intermediates only.
+	chain    []*x509.Certificate
+	seen     map[string]string // fingerprint (and bound address) → file
+	keyCands []keyCandidate
+	seenKeys map[string]string
+}
+
+// Load reads every certificate file of opts.Dir, then of opts.EnrolledDir.
+// It fails only when a directory itself cannot be read (a missing
+// EnrolledDir is empty); a bad file or certificate becomes a
 // Skipped entry and loading goes on.
 func Load(opts Options) (*Store, error) {
 	now := opts.Now
@@ -117,63 +155,25 @@ func Load(opts Options) (*Store, error) {
 	// against the same clock.
 	t := now()
 
-	// os.ReadDir sorts by name: the load order, and so the order of
-	// Skipped and of duplicates, is deterministic.
-	entries, err := os.ReadDir(opts.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("certs: reading directory: %w", err)
-	}
-
 	s := &Store{
 		now:    now,
 		exact:  make(map[string][]*Cert),
 		folded: make(map[string][]*Cert),
 	}
-	var cands []candidate
-	seen := make(map[string]string) // fingerprint → file
-	var keyCands []keyCandidate
-	seenKeys := make(map[string]string)
-	for _, e := range entries {
-		if ignored(e.Name()) {
-			continue
-		}
-		path := filepath.Join(opts.Dir, e.Name())
-		data, isDir, err := readCertFile(path)
-		if isDir {
-			// Not followed: the directory is flat, and a subdirectory
-			// (old/, a backup) must not be loaded by accident.
-			continue
-		}
-		if err != nil {
-			s.skipped = append(s.skipped, Skipped{File: path, Err: err})
-			continue
-		}
-		if isOpenPGP(data) {
-			keyCands = s.loadKeyFile(path, data, keyCands, seenKeys)
-			// No key points into data: a secret key's bytes go too.
-			clear(data)
-			continue
-		}
-		parsed, skipped, isPEM := parseFile(path, data)
-		if isPEM {
-			// No certificate points into data; if it held a private
-			// key, its text is gone now too.
-			clear(data)
-		}
-		s.skipped = append(s.skipped, skipped...)
-		for _, c := range parsed {
-			fp := fingerprint(c.Raw)
-			if first, dup := seen[fp]; dup {
-				// Encrypting twice to one key only makes the message
-				// bigger; keep the first, say where it is.
-				s.skipped = append(s.skipped, Skipped{File: path, Subject: c.Subject.String(),
-					Err: fmt.Errorf("%w: same as in %s (sha256 %s)", ErrDuplicate, first, fp)})
-				continue
-			}
-			seen[fp] = path
-			cands = append(cands, candidate{cert: c, file: path, fp: fp})
+	ld := &loading{s: s, seen: make(map[string]string), seenKeys: make(map[string]string)}
+	if opts.Dir != "" || opts.EnrolledDir == "" {
+		// Without an enrolled directory, Dir is required: "" is an error.
+		if err := ld.dir(opts.Dir, false); err != nil {
+			return nil, err
 		}
 	}
+	if opts.EnrolledDir != "" {
+		err := ld.dir(opts.EnrolledDir, true)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+	}
+	cands, keyCands := ld.cands, ld.keyCands
 
 	var inter *x509.CertPool
 	if opts.Roots != nil {
@@ -182,6 +182,9 @@ func Load(opts Options) (*Store, error) {
 		inter = x509.NewCertPool()
 		for _, c := range cands {
 			inter.AddCert(c.cert)
+		}
+		for _, c := range ld.chain {
+			inter.AddCert(c)
 		}
 	}
 
@@ -194,11 +197,22 @@ func Load(opts Options) (*Store, error) {
 		if !r.keep {
 			continue
 		}
+		addrs, source := r.addresses, SourceDirectory
+		if c.bound != "" {
+			source = SourceEnrollment
+			if !slices.Contains(addrs, c.bound) {
+				s.skipped = append(s.skipped, Skipped{File: c.file, Subject: c.cert.Subject.String(),
+					Err: fmt.Errorf("sha256 %s: %w: enrolled for %s, which it does not name", c.fp, ErrEnrolled, c.bound)})
+				continue
+			}
+			addrs = []string{c.bound}
+		}
 		s.certs = append(s.certs, &Cert{
 			Certificate: c.cert,
 			Fingerprint: c.fp,
 			File:        c.file,
-			Addresses:   r.addresses,
+			Addresses:   addrs,
+			Source:      source,
 			validFrom:   r.validFrom,
 			validUntil:  r.validUntil,
 		})
@@ -220,11 +234,14 @@ func Load(opts Options) (*Store, error) {
 	})
 	for _, c := range s.certs {
 		for _, a := range c.Addresses {
-			s.exact[a] = append(s.exact[a], c)
+			// One key once per bucket: a certificate both in Dir and
+			// enrolled for one of its addresses, or listing "Ann@" and
+			// "ann@", is encrypted to once.
+			if !slices.ContainsFunc(s.exact[a], c.sameKey) {
+				s.exact[a] = append(s.exact[a], c)
+			}
 			k := foldKey(a)
-			// A certificate listing "Ann@" and "ann@" goes into the
-			// folded bucket once.
-			if !slices.Contains(s.folded[k], c) {
+			if !slices.ContainsFunc(s.folded[k], c.sameKey) {
 				s.folded[k] = append(s.folded[k], c)
 			}
 		}
@@ -235,6 +252,102 @@ func Load(opts Options) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+func (c *Cert) sameKey(o *Cert) bool { return c.Fingerprint == o.Fingerprint }
+
+// dir reads the files of one directory into ld; enrolled says it is
+// Options.EnrolledDir. It fails only when the directory cannot be read.
+func (ld *loading) dir(dir string, enrolled bool) error {
+	s := ld.s
+	// os.ReadDir sorts by name: the load order, and so the order of
+	// Skipped and of duplicates, is deterministic.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("certs: reading directory: %w", err)
+	}
+	for _, e := range entries {
+		if ignored(e.Name()) {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		data, isDir, err := readCertFile(path)
+		if isDir {
+			// Not followed: the directory is flat, and a subdirectory
+			// (old/, a backup) must not be loaded by accident.
+			continue
+		}
+		if err != nil {
+			s.skipped = append(s.skipped, Skipped{File: path, Err: err})
+			continue
+		}
+		bound := ""
+		if enrolled {
+			var err error
+			if bound, err = enrolledAddress(data); err != nil {
+				s.skipped = append(s.skipped, Skipped{File: path, Err: err})
+				continue
+			}
+		} else if isOpenPGP(data) {
+			ld.keyCands = s.loadKeyFile(path, data, ld.keyCands, ld.seenKeys)
+			// No key points into data: a secret key's bytes go too.
+			clear(data)
+			continue
+		}
+		parsed, skipped, isPEM := parseFile(path, data)
+		if isPEM {
+			// No certificate points into data; if it held a private
+			// key, its text is gone now too.
+			clear(data)
+		}
+		s.skipped = append(s.skipped, skipped...)
+		if enrolled && len(parsed) > 1 {
+			// The enrolled certificate comes first, its issuers after it.
+			ld.chain = append(ld.chain, parsed[1:]...)
+			parsed = parsed[:1]
+		}
+		for _, c := range parsed {
+			fp := fingerprint(c.Raw)
+			key := fp
+			if bound != "" {
+				// The same certificate may be enrolled for two of its
+				// addresses, in two files: each binds one.
+				key = fp + "\x00" + bound
+			}
+			if first, dup := ld.seen[key]; dup {
+				// Encrypting twice to one key only makes the message
+				// bigger; keep the first, say where it is.
+				s.skipped = append(s.skipped, Skipped{File: path, Subject: c.Subject.String(),
+					Err: fmt.Errorf("%w: same as in %s (sha256 %s)", ErrDuplicate, first, fp)})
+				continue
+			}
+			ld.seen[key] = path
+			ld.cands = append(ld.cands, candidate{cert: c, file: path, fp: fp, bound: bound})
+		}
+	}
+	return nil
+}
+
+// enrolledAddress reads the "Enrolled-Address:" line of an enrolled
+// certificate file, among the "Key: value" lines before its first PEM
+// block, and returns it normalized.
+func enrolledAddress(data []byte) (string, error) {
+	head := data
+	if i := bytes.Index(data, pemBegin); i >= 0 {
+		head = data[:i]
+	}
+	for line := range strings.SplitSeq(string(head), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.EqualFold(k, "Enrolled-Address") {
+			continue
+		}
+		a, ok := normalizeAddress(strings.TrimSpace(v))
+		if !ok {
+			return "", fmt.Errorf("%w: Enrolled-Address %q is not a mailbox", ErrEnrolled, strings.TrimSpace(v))
+		}
+		return a, nil
+	}
+	return "", fmt.Errorf("%w: no Enrolled-Address line", ErrEnrolled)
 }
 
 // fingerprint is the SHA-256 of a certificate's DER, lowercase hex.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -27,8 +28,27 @@ import (
 // Writers should put files in place atomically (write a hidden temporary
 // file, then rename it): a file caught half-written is skipped until the
 // next reload.
+//
+// Options.EnrolledDir is watched the same way, each directory on its own;
+// a change in either reloads both.
 func (h *Holder) Watch(ctx context.Context) error {
-	dir := h.opts.Dir
+	var wg sync.WaitGroup
+	for _, d := range []struct {
+		dir string
+		sig [sha256.Size]byte
+	}{{h.opts.Dir, h.sig}, {h.opts.EnrolledDir, h.enrolledSig}} {
+		if d.dir == "" {
+			continue
+		}
+		wg.Go(func() { h.watchDir(ctx, d.dir, d.sig) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// watchDir is Watch for one directory, whose signature at the first load
+// was sig.
+func (h *Holder) watchDir(ctx context.Context, dir string, sig [sha256.Size]byte) {
 	poll := h.pollSafety
 	var (
 		changed <-chan struct{}
@@ -67,7 +87,7 @@ func (h *Holder) Watch(ctx context.Context) error {
 
 	// The directory as last loaded (or as last tried): a rescan that sees
 	// something else reloads.
-	lastSig := h.sig
+	lastSig := sig
 
 	var (
 		settle   *time.Timer
@@ -104,7 +124,7 @@ func (h *Holder) Watch(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-changed:
 			schedule()
 		case wd := <-lost:

@@ -17,7 +17,9 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/deliver"
+	"github.com/smimefilter/smimefilter/enroll"
 	"github.com/smimefilter/smimefilter/filter"
 	"github.com/smimefilter/smimefilter/recipients"
 )
@@ -93,6 +95,22 @@ type Config struct {
 		Domains            map[string]string `toml:"domains"`
 		Addresses          map[string]string `toml:"addresses"`
 	} `toml:"policy"`
+	// Enroll is enrollment by signed mail (package enroll); off unless
+	// Address is set.
+	Enroll struct {
+		Address     string   `toml:"address"`
+		Dir         string   `toml:"dir"`
+		ChangeDelay duration `toml:"change_delay"`
+		// CodeLifetime: how long a confirmation or cancel code works.
+		CodeLifetime   duration   `toml:"code_lifetime"`
+		ExpiryWarnings []duration `toml:"expiry_warnings"`
+		MaxMessageSize int64      `toml:"max_message_size"`
+		// Abuse limits: pending requests, and messages a day.
+		MaxPendingPerAddress  int `toml:"max_pending_per_address"`
+		MaxPendingTotal       int `toml:"max_pending_total"`
+		MaxRequestsPerSender  int `toml:"max_requests_per_sender"`
+		MaxRequestsPerAddress int `toml:"max_requests_per_address"`
+	} `toml:"enroll"`
 	Rewrite []recipients.Rule `toml:"rewrite"`
 	Log     struct {
 		Level  string `toml:"level"`
@@ -134,9 +152,29 @@ func defaultConfig() *Config {
 	c.Policy.MissingCertificate = string(filter.Tempfail)
 	c.Policy.KeyTransport = "rsa-pkcs1v15"
 	c.Policy.Prefer = "smime"
+	c.Enroll.ChangeDelay.Duration = enroll.DefaultChangeDelay
+	c.Enroll.CodeLifetime.Duration = enroll.DefaultCodeLifetime
+	for _, w := range enroll.DefaultExpiryWarnings {
+		c.Enroll.ExpiryWarnings = append(c.Enroll.ExpiryWarnings, duration{w})
+	}
+	c.Enroll.MaxMessageSize = enroll.DefaultMaxMessageSize
+	c.Enroll.MaxPendingPerAddress = enroll.DefaultMaxPendingPerAddress
+	c.Enroll.MaxPendingTotal = enroll.DefaultMaxPendingTotal
+	c.Enroll.MaxRequestsPerSender = enroll.DefaultMaxRequestsPerSenderPerDay
+	c.Enroll.MaxRequestsPerAddress = enroll.DefaultMaxRequestsPerAddressPerDay
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	return c
+}
+
+// defaultStateDir is enroll.dir when the file does not set it: systemd's
+// StateDirectory= (the first, if there are several), else the packaged
+// path.
+func defaultStateDir() string {
+	if sd, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); sd != "" {
+		return sd
+	}
+	return "/var/lib/smimefilter"
 }
 
 // configError collects every problem of a config file, so one run of
@@ -362,6 +400,8 @@ func (c *Config) validate(ce *configError) {
 	}
 	c.rewriter = rw
 
+	c.validateEnroll(ce, positive)
+
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -372,6 +412,62 @@ func (c *Config) validate(ce *configError) {
 	default:
 		ce.add("log.format", "%q: want text or json", c.Log.Format)
 	}
+}
+
+// validateEnroll checks [enroll]. The limits are checked even with
+// enrollment off, so that a file is not found wrong only on the day the
+// address is set.
+func (c *Config) validateEnroll(ce *configError, positive func(string, int64)) {
+	e := &c.Enroll
+	if e.Address != "" {
+		if err := recipients.Validate(e.Address); err != nil {
+			ce.add("enroll.address", "%v", err)
+		} else if _, ok := certs.NormalizeAddress(e.Address); !ok {
+			ce.add("enroll.address", "%q is not a mailbox", e.Address)
+		}
+	}
+	if e.Dir == "" {
+		e.Dir = defaultStateDir()
+	}
+	if !filepath.IsAbs(e.Dir) {
+		ce.add("enroll.dir", "%q is not an absolute path", e.Dir)
+	}
+	// 0 would be the engine's default (72h), not "at once": refused.
+	positive("enroll.change_delay", int64(e.ChangeDelay.Duration))
+	positive("enroll.code_lifetime", int64(e.CodeLifetime.Duration))
+	for _, w := range e.ExpiryWarnings {
+		if w.Duration <= 0 {
+			ce.add("enroll.expiry_warnings", "must be greater than 0, got %v", w.Duration)
+		}
+	}
+	positive("enroll.max_message_size", e.MaxMessageSize)
+	positive("enroll.max_pending_per_address", int64(e.MaxPendingPerAddress))
+	positive("enroll.max_pending_total", int64(e.MaxPendingTotal))
+	positive("enroll.max_requests_per_sender", int64(e.MaxRequestsPerSender))
+	positive("enroll.max_requests_per_address", int64(e.MaxRequestsPerAddress))
+}
+
+// enrollOptions is the engine's view of [enroll]; the daemon adds the
+// hooks into the filter and the store.
+func (c *Config) enrollOptions() enroll.Options {
+	e := &c.Enroll
+	o := enroll.Options{
+		Dir:                         e.Dir,
+		Address:                     e.Address,
+		ChangeDelay:                 e.ChangeDelay.Duration,
+		CodeLifetime:                e.CodeLifetime.Duration,
+		ExpiryWarnings:              []time.Duration{}, // [] in the file: none
+		Roots:                       c.roots,
+		MaxMessageSize:              e.MaxMessageSize,
+		MaxPendingPerAddress:        e.MaxPendingPerAddress,
+		MaxPendingTotal:             e.MaxPendingTotal,
+		MaxRequestsPerSenderPerDay:  e.MaxRequestsPerSender,
+		MaxRequestsPerAddressPerDay: e.MaxRequestsPerAddress,
+	}
+	for _, w := range e.ExpiryWarnings {
+		o.ExpiryWarnings = append(o.ExpiryWarnings, w.Duration)
+	}
+	return o
 }
 
 func unjoin(err error) []error {

@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -224,7 +225,13 @@ func certLine(c *certs.Cert) string {
 }
 
 func (c *Config) certOptions() certs.Options {
-	return certs.Options{Dir: c.Certs.Dir, Roots: c.roots}
+	o := certs.Options{Dir: c.Certs.Dir, Roots: c.roots}
+	if c.Enroll.Address != "" {
+		// enroll.Engine.ActiveDir; check reads it without opening the
+		// engine (which would create the state directory).
+		o.EnrolledDir = filepath.Join(c.Enroll.Dir, "active")
+	}
+	return o
 }
 
 func newLogger(c *Config, w io.Writer) *slog.Logger {
