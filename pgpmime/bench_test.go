@@ -14,10 +14,11 @@ import (
 // BenchmarkSeal measures one message to one recipient end to end, as the
 // daemon's first copy streams it: the seal (AES-256 SEIPD with MDC) feeding
 // a live copy (key packet, armor, MIME) into io.Discard, fed in 64 KiB
-// writes. Beside smime's BenchmarkEncrypt, it compares PGP/MIME with S/MIME;
-// B/op staying flat from 1 MB to 100 MB would be the bounded memory claim,
-// but go-crypto's CFB writer allocates a buffer per write (garbage, not
-// retained: TestBoundedMemory measures what is kept).
+// writes, and in 4 KiB and 256-byte writes as the daemon's DATA reader
+// hands over what has arrived. Beside smime's BenchmarkEncrypt, it compares PGP/MIME with S/MIME.
+// B/op stays about one byte per byte of message: go-crypto's CFB writer
+// (crypto/cipher.StreamWriter) allocates a buffer of the size of each write
+// (garbage, not retained: TestBoundedMemory measures what is kept).
 //
 //	go test -run '^$' -bench 'BenchmarkSeal' -benchmem ./pgpmime/
 //	go test -run '^$' -bench 'BenchmarkSeal/1MB' -benchmem ./pgpmime/   # without the 100 MB case
@@ -29,9 +30,15 @@ func BenchmarkSeal(b *testing.B) {
 	for i := range chunk {
 		chunk[i] = byte(i * 7)
 	}
-	for _, size := range []int{1 << 20, 100 << 20} {
-		b.Run(fmt.Sprintf("%dMB", size>>20), func(b *testing.B) {
-			b.SetBytes(int64(size))
+	for _, bc := range []struct {
+		size, write int
+	}{{1 << 20, 64 << 10}, {100 << 20, 64 << 10}, {1 << 20, 4 << 10}, {1 << 20, 256}} {
+		name := fmt.Sprintf("%dMB", bc.size>>20)
+		if bc.write != len(chunk) {
+			name += fmt.Sprintf("-writes%dB", bc.write)
+		}
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(bc.size))
 			b.ReportAllocs()
 			for b.Loop() {
 				out := &liveOut{}
@@ -43,8 +50,8 @@ func BenchmarkSeal(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				for n := size; n > 0; n -= len(chunk) {
-					if _, err := s.Write(chunk[:min(n, len(chunk))]); err != nil {
+				for n := bc.size; n > 0; n -= bc.write {
+					if _, err := s.Write(chunk[:min(n, bc.write)]); err != nil {
 						b.Fatal(err)
 					}
 				}

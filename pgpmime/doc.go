@@ -31,5 +31,8 @@
 // are decrypted back from the ciphertext ([Seal.OpenBody]) instead of being
 // stored. Memory use does not depend on the message size.
 //
-// The OpenPGP packets are written by github.com/ProtonMail/go-crypto.
+// The OpenPGP packets are written by github.com/ProtonMail/go-crypto; the
+// armor around them (RFC 9580 §6.2, with the CRC-24 of §6.1 that GnuPG 2.2
+// and RNP 0.16 require) by this package: the bytes go-crypto's
+// armor.Encode writes, with the message's line ends, several times faster.
 package pgpmime

@@ -39,10 +39,14 @@ type Options struct {
 const (
 	sessionKeySize = 32 // AES-256
 	cipherFunc     = packet.CipherAES256
-	// chunkSize bounds each write into go-crypto's partial-length
-	// writers, which buffer what they are given before cutting it into
-	// power-of-two chunks (RFC 9580 §4.2.1.4): a bigger write would be
-	// buffered whole.
+	// chunkSize is the size of the pieces of plaintext the Seal hands to
+	// go-crypto's writers. Smaller writes are gathered: the DATA reader
+	// passes on what has arrived, often a few hundred bytes, and each
+	// write would otherwise become its own partial body chunk (RFC 9580
+	// §4.2.1.4, one length octet each) and its own pass through
+	// go-crypto's CFB writer, which allocates and hashes per call. Bigger
+	// writes are cut: go-crypto's partial-length writers buffer what they
+	// are given whole.
 	chunkSize = 32 << 10
 	// outBufSize batches the ciphertext go-crypto writes (a length octet,
 	// then a chunk) into fewer, larger writes to the spool.
@@ -70,6 +74,8 @@ type Seal struct {
 	buf    *bufio.Writer  // batches ciphertext into out
 	seipd  io.WriteCloser // SEIPD v1 contents: the literal packet, then the MDC
 	lit    io.WriteCloser // Literal Data contents: the entity
+	inBuf  *[]byte        // from plainBufs; nil once released
+	in     []byte         // plaintext gathered for lit, less than chunkSize
 	prefix int64          // plaintext bytes before the body: EntityPrefix
 	err    error          // sticky
 	closed bool
@@ -88,8 +94,12 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 }
 
 // outBufs keeps the ciphertext buffers between messages: they only ever
-// hold ciphertext.
-var outBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, outBufSize) }}
+// hold ciphertext. plainBufs keeps the plaintext buffers, which are
+// cleared before they go back.
+var (
+	outBufs   = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, outBufSize) }}
+	plainBufs = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
+)
 
 // NewSeal draws a session key from opts.Rand (crypto/rand when nil) and
 // starts encrypting the entity of the message whose header is h into dst:
@@ -107,6 +117,8 @@ func NewSeal(dst io.Writer, h *smime.Header, opts Options) (*Seal, error) {
 	}
 	s.buf = outBufs.Get().(*bufio.Writer)
 	s.buf.Reset(s.out)
+	s.inBuf = plainBufs.Get().(*[]byte)
+	s.in = (*s.inBuf)[:0]
 	config := &packet.Config{Rand: s.rand()}
 	// aeadSupported=false: SEIPD v1 with MDC (RFC 9580 §5.13.1), which
 	// GnuPG 2.2 reads; the cipher suite argument is then unused.
@@ -150,15 +162,53 @@ func (s *Seal) Write(p []byte) (int, error) {
 	}
 	written := 0
 	for len(p) > 0 {
-		n := min(len(p), chunkSize)
-		if _, err := s.lit.Write(p[:n]); err != nil {
-			s.err = fmt.Errorf("pgpmime: writing encrypted data: %w", err)
-			return written, s.err
+		if len(s.in) == 0 && len(p) >= chunkSize {
+			// A whole chunk at hand: straight from the caller's buffer.
+			if err := s.encrypt(p[:chunkSize]); err != nil {
+				return written, err
+			}
+			p = p[chunkSize:]
+			written += chunkSize
+			continue
 		}
+		n := copy(s.in[len(s.in):cap(s.in)], p)
+		s.in = s.in[:len(s.in)+n]
 		p = p[n:]
 		written += n
+		if len(s.in) == cap(s.in) {
+			if err := s.flushIn(); err != nil {
+				return written, err
+			}
+		}
 	}
 	return written, nil
+}
+
+// flushIn encrypts the gathered plaintext.
+func (s *Seal) flushIn() error {
+	if len(s.in) == 0 {
+		return nil
+	}
+	err := s.encrypt(s.in)
+	s.in = s.in[:0]
+	return err
+}
+
+func (s *Seal) encrypt(p []byte) error {
+	if _, err := s.lit.Write(p); err != nil {
+		s.err = fmt.Errorf("pgpmime: writing encrypted data: %w", err)
+		return s.err
+	}
+	return nil
+}
+
+// releaseIn clears the plaintext buffer and hands it back.
+func (s *Seal) releaseIn() {
+	if s.inBuf != nil {
+		clear(*s.inBuf)
+		plainBufs.Put(s.inBuf)
+		s.inBuf, s.in = nil, nil
+	}
 }
 
 // Close ends the literal packet and the SEIPD packet with its MDC (RFC 9580
@@ -172,6 +222,11 @@ func (s *Seal) Close() error {
 		return nil
 	}
 	s.closed = true
+	err := s.flushIn()
+	s.releaseIn()
+	if err != nil {
+		return err
+	}
 	// The literal writer's Close ends its packet and closes the SEIPD
 	// writer beneath it, which appends the MDC packet and ends the SEIPD
 	// packet.
@@ -199,14 +254,16 @@ func (s *Seal) releaseBuf() {
 // closed, the length of the SEIPD packet.
 func (s *Seal) Size() int64 { return s.out.n }
 
-// Destroy forgets the session key: no copy can be made and nothing opened
-// afterwards. Call it when the message is done, whatever happened. (The
-// AES key schedule inside go-crypto's writer, and up to a chunk of pending
-// plaintext in its buffers, are left to the garbage collector: go-crypto
-// offers no way to clear them.)
+// Destroy forgets the session key and clears the plaintext the Seal still
+// holds: no copy can be made and nothing opened afterwards. Call it when
+// the message is done, whatever happened. (The AES key schedule inside
+// go-crypto's writer, and up to a chunk of pending plaintext in its
+// buffers, are left to the garbage collector: go-crypto offers no way to
+// clear them.)
 func (s *Seal) Destroy() {
 	clear(s.key)
 	s.key = nil
+	s.releaseIn()
 	s.lit, s.seipd = nil, nil
 	if !s.closed {
 		// Ciphertext pending in the buffer is of no use without the
