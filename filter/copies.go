@@ -98,10 +98,37 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
 	start := time.Now()
 	cr := &countingReader{r: r}
-	rcpts := s.rcpts
-	msg, err := s.receive(cr, rcpts)
+	rcpts, enr := splitEnroll(s.rcpts)
+	var in io.Reader = cr
+	if enr != nil {
+		// The message is read once: the enrollment recipients get a
+		// bounded copy of the bytes as they pass (enroll.go), and are
+		// answered after the others.
+		capture := s.b.newEnrollCapture()
+		in = io.TeeReader(cr, capture)
+		if len(rcpts) == 0 {
+			if _, err := io.Copy(io.Discard, in); err != nil {
+				s.failAll(enr, fmt.Errorf("reading message: %w", dataErr(err)), cr.n, start, report)
+				return
+			}
+		}
+		defer func() {
+			if enr != nil {
+				s.handleEnroll(enr, capture, cr.n, start, report)
+			}
+		}()
+		if len(rcpts) == 0 {
+			return
+		}
+	}
+	msg, err := s.receive(in, rcpts)
 	if err != nil {
 		se := s.reply(err)
+		if enr != nil {
+			// The message did not arrive whole: the engine must not
+			// see half of it.
+			rcpts, enr = s.rcpts, nil
+		}
 		for _, rc := range rcpts {
 			s.logOutcome(rc, se, cr.n, start, err)
 			report(rc, se)

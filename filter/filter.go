@@ -81,7 +81,10 @@ type Config struct {
 	// SpoolMemory is how much of each encrypted message is kept in memory
 	// before the rest goes to SpoolDir. Default 256 KiB.
 	SpoolMemory int64
-	Logger      *slog.Logger
+	// Enroll, when set, makes mail to its address an enrollment request
+	// (enroll.go) instead of a delivery.
+	Enroll EnrollConfig
+	Logger *slog.Logger
 }
 
 // Counters are running totals for sd_notify STATUS and logs.
@@ -101,6 +104,8 @@ type Backend struct {
 
 	boot    string
 	connSeq atomic.Uint64
+	// enrollAddr is the normalized enrollment address, "" when off.
+	enrollAddr string
 }
 
 // NewBackend returns a Backend for cfg.
@@ -133,7 +138,11 @@ func NewBackend(cfg Config) *Backend {
 	}
 	var b [3]byte
 	rand.Read(b[:])
-	return &Backend{cfg: cfg, plan: p, log: cfg.Logger, boot: hex.EncodeToString(b[:])}
+	be := &Backend{cfg: cfg, plan: p, log: cfg.Logger, boot: hex.EncodeToString(b[:])}
+	if cfg.Enroll.Engine != nil {
+		be.enrollAddr, _ = certs.NormalizeAddress(cfg.Enroll.Address)
+	}
+	return be
 }
 
 // NewSession implements smtp.Backend.

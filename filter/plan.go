@@ -83,10 +83,11 @@ const (
 	actPass                     // already encrypted: delivered unchanged
 	actReinject                 // not hosted here: handed back unchanged
 	actRefused                  // refused at RCPT
+	actEnroll                   // to the enrollment address: to the engine, never delivered (enroll.go)
 )
 
 func (a action) String() string {
-	return [...]string{"encrypt", "encrypt-openpgp", "plaintext", "passthrough", "reinject", "refused"}[a]
+	return [...]string{"encrypt", "encrypt-openpgp", "plaintext", "passthrough", "reinject", "refused", "enroll"}[a]
 }
 
 // encrypts: the copy is encrypted here, in one format or the other.

@@ -97,6 +97,13 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) (err error) {
 		}
 	}()
 	t := s.transaction()
+	if r := s.b.enrollPlan(to); r != nil {
+		// Never planned for delivery: the engine takes it at DATA.
+		s.mu.Lock()
+		s.rcpts = append(s.rcpts, r)
+		s.mu.Unlock()
+		return nil
+	}
 	r, missing, err := s.b.plan.plan(to, t.store)
 	if err == nil && missing != nil {
 		err = t.verifyMissing(r, missing)

@@ -45,6 +45,9 @@ var (
 	replyLineTooLong  = reply(500, 5, 6, 0, "Message line too long")
 	replyBadMailbox   = reply(550, 5, 1, 3, "Bad destination mailbox address")
 	replyMailboxFull  = reply(452, 4, 2, 2, "Mailbox full or no space left, try again later")
+	// A challenge or notice of enrollment was not delivered: the request
+	// waits and is tried again.
+	replyEnrollDelivery = reply(451, 4, 3, 0, "Enrollment message could not be delivered, try again later")
 )
 
 func reply(code, class, subject, detail int, msg string) *smtp.SMTPError {
@@ -62,6 +65,11 @@ func reply(code, class, subject, detail int, msg string) *smtp.SMTPError {
 func Status(err error) *smtp.SMTPError {
 	if err == nil {
 		return nil
+	}
+	if se, ok := enrollStatus(err); ok {
+		// First: a failed notice wraps the mail store's own reply, which
+		// must not become the request's.
+		return se
 	}
 	var se *smtp.SMTPError
 	switch {

@@ -147,7 +147,7 @@ func TestDeliverRequired(t *testing.T) {
 }
 
 func TestCommandLine(t *testing.T) {
-	commands := []string{"smimefilter [run] [-config FILE]", "smimefilter check [-config FILE]", "smimefilter demo [-dir DIR] [-address HOST:PORT]", "smimefilter version", "smimefilter help"}
+	commands := []string{"smimefilter [run] [-config FILE]", "smimefilter check [-config FILE]", "smimefilter demo [-dir DIR] [-address HOST:PORT]", "smimefilter certs list [-config FILE]", "smimefilter certs log [-config FILE]", "smimefilter certs remove [-config FILE] ADDRESS FINGERPRINT", "smimefilter certs cancel [-config FILE] ADDRESS", "smimefilter version", "smimefilter help"}
 	tests := []struct {
 		args       []string
 		code       int

@@ -1,11 +1,18 @@
 package main
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/smimefilter/smimefilter/enroll"
+	"github.com/smimefilter/smimefilter/internal/smimetest"
 )
 
 // TestEnrollDefaults: without [enroll] enrollment is off, the state
@@ -69,5 +76,60 @@ max_requests_per_address = 0
 		if !strings.Contains(err.Error(), "t.toml:"+key+":") {
 			t.Errorf("no problem reported for %s in:\n%v", key, err)
 		}
+	}
+}
+
+// TestCertsCommands: check and certs list show an enrolled certificate
+// with its source, certs log reads the log, and cancel with nothing
+// pending says so.
+func TestCertsCommands(t *testing.T) {
+	state := t.TempDir()
+	alice := smimetest.NewRecipient(t, "alice@example.test", smimetest.AlsoFor("bob@example.test"))
+	sum := sha256.Sum256(alice.Cert.Raw)
+	fp := hex.EncodeToString(sum[:])
+	if err := os.MkdirAll(filepath.Join(state, "active"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	file := "Enrolled-Address: alice@example.test\nEnrolled-Kind: smime\nEnrolled-Fingerprint: " + fp +
+		"\nEnrolled-At: 2026-01-01T00:00:00Z\nRequested-By: alice@example.test\nRequest: 00\n" + string(alice.CertPEM)
+	if err := os.WriteFile(filepath.Join(state, "active", "alice@example.test_"+fp+".pem"), []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := writeConfig(t, "[deliver]\nmaildir = \""+t.TempDir()+"/%u\"\n[enroll]\naddress = \"keys@example.test\"\ndir = \""+state+"\"\n")
+
+	var out, errb bytes.Buffer
+	if code := run([]string{"check", "-config", p}, &out, &errb); code != exitOK {
+		t.Fatalf("check exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "alice@example.test  sha256:"+fp) || !strings.Contains(out.String(), "(enrollment: ") {
+		t.Errorf("check does not list the enrolled certificate with its source:\n%s", out.String())
+	}
+	if strings.Contains(out.String(), "bob@example.test") {
+		t.Errorf("check lists the enrolled certificate for bob, for whom it was not enrolled:\n%s", out.String())
+	}
+
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"certs", "list", "-config", p}, &out, &errb); code != exitOK {
+		t.Fatalf("certs list exit %d: %s", code, errb.String())
+	}
+	if !regexp.MustCompile(`alice@example\.test +` + fp + ` +\S+ +enrollment +active`).MatchString(out.String()) {
+		t.Errorf("certs list:\n%s\nwant alice's enrolled certificate, active", out.String())
+	}
+
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"certs", "log", "-config", p}, &out, &errb); code != exitOK || !strings.HasPrefix(out.String(), "TIME") {
+		t.Errorf("certs log exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"certs", "cancel", "-config", p, "alice@example.test"}, &out, &errb); code != exitConfig ||
+		!strings.Contains(errb.String(), "no such enrollment") {
+		t.Errorf("certs cancel with nothing pending: exit %d, stderr %q; want 2 and the reason", code, errb.String())
+	}
+	if code := run([]string{"certs", "remove", "-config", p, "alice@example.test"}, &out, &errb); code != exitConfig {
+		t.Errorf("certs remove without a fingerprint: exit %d, want 2", code)
 	}
 }

@@ -24,10 +24,10 @@ import (
 
 	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/deliver"
+	"github.com/smimefilter/smimefilter/enroll"
 	"github.com/smimefilter/smimefilter/filter"
 	"github.com/smimefilter/smimefilter/pgpmime"
 	"github.com/smimefilter/smimefilter/server"
-	"github.com/smimefilter/smimefilter/smime"
 	"github.com/smimefilter/smimefilter/spool"
 )
 
@@ -69,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args, stdout, stderr)
 	case "demo":
 		return cmdDemo(args, stdout, stderr)
+	case "certs":
+		return cmdCerts(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "smimefilter", versionString())
 		return exitOK
@@ -91,6 +93,15 @@ usage:
                                      run on a generated demo certificate, delivering
                                      into a Maildir under DIR (default ./smimefilter-demo,
                                      address 127.0.0.1:10024); no Postfix or Dovecot needed
+  smimefilter certs list [-config FILE]
+                                     every certificate (directory and enrolled): address,
+                                     fingerprint, expiry, source, state
+  smimefilter certs log [-config FILE]
+                                     the enrollment change log, oldest first
+  smimefilter certs remove [-config FILE] ADDRESS FINGERPRINT
+                                     remove an enrolled certificate; the address is told
+  smimefilter certs cancel [-config FILE] ADDRESS
+                                     cancel an address's pending enrollments; it is told
   smimefilter version                print the version (also --version)
   smimefilter help                   print this text (also -h, --help)
 
@@ -163,7 +174,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return exitFailure
 	}
-	if c.Certs.Dir == "" {
+	if c.Certs.Dir == "" && c.Enroll.Address == "" {
 		fmt.Fprintln(stdout, "\n# certificates: none configured ([certs] dir is not set); policy.missing_certificate applies to every recipient")
 		return exitOK
 	}
@@ -180,7 +191,7 @@ func reportCerts(w io.Writer, st *certs.Store, now time.Time) {
 	all := st.Certs()
 	fmt.Fprintf(w, "\n# certificates loaded: %d\n", len(all))
 	for _, c := range all {
-		fmt.Fprintf(w, "#   %s  (%s)\n", certLine(c), c.File)
+		fmt.Fprintf(w, "#   %s  (%s: %s)\n", certLine(c), c.Source, c.File)
 	}
 	keys := st.Keys()
 	fmt.Fprintf(w, "# OpenPGP keys loaded: %d\n", len(keys))
@@ -203,7 +214,7 @@ func reportCerts(w io.Writer, st *certs.Store, now time.Time) {
 	soon := st.ExpiringWithin(30 * 24 * time.Hour)
 	fmt.Fprintf(w, "# expiring within 30 days: %d\n", len(soon)+len(st.KeysExpiringWithin(30*24*time.Hour)))
 	for _, c := range soon {
-		fmt.Fprintf(w, "#   %s (in %d days)\n", certLine(c), int(c.ValidUntil().Sub(now).Hours()/24))
+		fmt.Fprintf(w, "#   %s (in %d days)  %s\n", certLine(c), int(c.ValidUntil().Sub(now).Hours()/24), c.Source)
 	}
 	for _, k := range st.KeysExpiringWithin(30 * 24 * time.Hour) {
 		fmt.Fprintf(w, "#   %s (in %d days)\n", keyLine(k), int(k.ValidUntil().Sub(now).Hours()/24))
@@ -259,8 +270,20 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 	n := newNotifier(log)
 	c.logNotes(log)
 
+	// The engine first: it creates the directory the store reads.
+	var engine *enroll.Engine
+	hooks := &enrollHooks{}
+	if c.Enroll.Address != "" {
+		var err error
+		if engine, err = openEnroll(c, hooks); err != nil {
+			log.Error("enrollment", "dir", c.Enroll.Dir, "error", err)
+			return exitFailure
+		}
+		defer engine.Close()
+	}
+
 	var holder *certs.Holder
-	if c.Certs.Dir != "" {
+	if c.Certs.Dir != "" || engine != nil {
 		var err error
 		holder, err = certs.NewHolder(c.certOptions(), log)
 		if err != nil {
@@ -293,7 +316,7 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 		LookupRewritten:    c.Certs.Lookup == "rewritten",
 		RecipientDelimiter: c.Certs.RecipientDelimiter,
 		Policy:             c.policy(),
-		SMIME:              smime.Options{HeaderProtection: c.Policy.HeaderProtection},
+		SMIME:              smimeOptions(c),
 		OpenPGP:            pgpmime.Options{HeaderProtection: c.Policy.HeaderProtection, HideRecipients: c.Policy.HiddenRecipients},
 		Prefer:             filter.Prefer(c.Policy.Prefer),
 		Deliver:            target,
@@ -306,16 +329,12 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 	if holder != nil {
 		fcfg.Certs = holder
 	}
-	if c.Policy.KeyTransport == "rsa-oaep" {
-		fcfg.SMIME.KeyTransport = smime.RSAOAEP
-	}
-	if len(c.Deliver.HostedDomains) > 0 {
-		fcfg.HostedDomains = map[string]bool{}
-		for _, d := range c.Deliver.HostedDomains {
-			fcfg.HostedDomains[d] = true
-		}
+	fcfg.HostedDomains = hostedDomains(c)
+	if engine != nil {
+		fcfg.Enroll = filter.EnrollConfig{Address: c.Enroll.Address, Engine: engine, MaxMessageSize: c.Enroll.MaxMessageSize}
 	}
 	be := filter.NewBackend(fcfg)
+	hooks.be, hooks.holder = be, holder
 	srv := server.New(be, server.Options{
 		Hostname:        c.Listen.Hostname,
 		MaxMessageBytes: c.Limits.MaxMessageSize,
@@ -341,6 +360,12 @@ func serve(c *Config, stderr io.Writer, ready func(net.Addr)) int {
 	defer cancel()
 	if holder != nil {
 		go holder.Watch(ctx) // it retries on its own and returns only when ctx ends
+	}
+	if engine != nil {
+		// Stopped before the engine closes (deferred earlier, runs later).
+		stopTicks := startTicks(engine, be, tickInterval(c), log)
+		defer stopTicks()
+		log.Info("enrollment on", "address", c.Enroll.Address, "dir", c.Enroll.Dir, "change_delay", c.Enroll.ChangeDelay.Duration)
 	}
 
 	wl := &watchedListener{Listener: l}
