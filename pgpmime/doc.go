@@ -31,8 +31,12 @@
 // are decrypted back from the ciphertext ([Seal.OpenBody]) instead of being
 // stored. Memory use does not depend on the message size.
 //
-// The OpenPGP packets are written by github.com/ProtonMail/go-crypto; the
-// armor around them (RFC 9580 §6.2, with the CRC-24 of §6.1 that GnuPG 2.2
-// and RNP 0.16 require) by this package: the bytes go-crypto's
-// armor.Encode writes, with the message's line ends, several times faster.
+// The SEIPD packet and the packets inside it are framed by this package
+// (seipd.go), with go-crypto's OpenPGP CFB (packet.NewOCFBEncrypter) and
+// crypto/sha1 for the cryptography: go-crypto's own writer allocates a
+// buffer per write, a byte of garbage per byte of message. The key packets
+// are go-crypto's; the armor around them (RFC 9580 §6.2, with the CRC-24 of
+// §6.1 that GnuPG 2.2 and RNP 0.16 require) is this package's: the bytes
+// go-crypto's armor.Encode writes, with the message's line ends, several
+// times faster. Reading back (Seal.OpenBody) is go-crypto's.
 package pgpmime

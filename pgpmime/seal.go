@@ -1,7 +1,6 @@
 package pgpmime
 
 import (
-	"bufio"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -39,18 +38,6 @@ type Options struct {
 const (
 	sessionKeySize = 32 // AES-256
 	cipherFunc     = packet.CipherAES256
-	// chunkSize is the size of the pieces of plaintext the Seal hands to
-	// go-crypto's writers. Smaller writes are gathered: the DATA reader
-	// passes on what has arrived, often a few hundred bytes, and each
-	// write would otherwise become its own partial body chunk (RFC 9580
-	// §4.2.1.4, one length octet each) and its own pass through
-	// go-crypto's CFB writer, which allocates and hashes per call. Bigger
-	// writes are cut: go-crypto's partial-length writers buffer what they
-	// are given whole.
-	chunkSize = 32 << 10
-	// outBufSize batches the ciphertext go-crypto writes (a length octet,
-	// then a chunk) into fewer, larger writes to the spool.
-	outBufSize = 64 << 10
 )
 
 // A Seal encrypts one message once, for any number of copies. The MIME
@@ -71,13 +58,12 @@ type Seal struct {
 	key  []byte // the session key; nil once destroyed
 
 	out    *countingWriter
-	buf    *bufio.Writer  // batches ciphertext into out
-	seipd  io.WriteCloser // SEIPD v1 contents: the literal packet, then the MDC
-	lit    io.WriteCloser // Literal Data contents: the entity
-	inBuf  *[]byte        // from plainBufs; nil once released
-	in     []byte         // plaintext gathered for lit, less than chunkSize
-	prefix int64          // plaintext bytes before the body: EntityPrefix
-	err    error          // sticky
+	seipd  *seipdWriter // nil once closed or destroyed
+	inBuf  *[]byte      // from plainBufs; nil once released
+	in     []byte       // the Literal Data body's current chunk, at most chunkSize
+	hdr    [5]byte      // a length header for the literal packet
+	prefix int64        // plaintext bytes before the body: EntityPrefix
+	err    error        // sticky
 	closed bool
 }
 
@@ -93,13 +79,9 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// outBufs keeps the ciphertext buffers between messages: they only ever
-// hold ciphertext. plainBufs keeps the plaintext buffers, which are
-// cleared before they go back.
-var (
-	outBufs   = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, outBufSize) }}
-	plainBufs = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
-)
+// plainBufs keeps the plaintext buffers between messages; they are cleared
+// before they go back.
+var plainBufs = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
 
 // NewSeal draws a session key from opts.Rand (crypto/rand when nil) and
 // starts encrypting the entity of the message whose header is h into dst:
@@ -115,27 +97,22 @@ func NewSeal(dst io.Writer, h *smime.Header, opts Options) (*Seal, error) {
 	if _, err := io.ReadFull(s.rand(), s.key); err != nil {
 		return nil, fmt.Errorf("pgpmime: generating session key: %w", err)
 	}
-	s.buf = outBufs.Get().(*bufio.Writer)
-	s.buf.Reset(s.out)
-	s.inBuf = plainBufs.Get().(*[]byte)
-	s.in = (*s.inBuf)[:0]
-	config := &packet.Config{Rand: s.rand()}
-	// aeadSupported=false: SEIPD v1 with MDC (RFC 9580 §5.13.1), which
-	// GnuPG 2.2 reads; the cipher suite argument is then unused.
-	seipd, err := packet.SerializeSymmetricallyEncrypted(s.buf, cipherFunc, false, packet.CipherSuite{}, s.key, config)
+	seipd, err := newSEIPDWriter(s.out, s.key, s.rand())
 	if err != nil {
 		s.Destroy()
 		return nil, fmt.Errorf("pgpmime: starting encrypted data: %w", err)
 	}
 	s.seipd = seipd
-	// RFC 9580 §5.9: 'b' binary, so that no implementation converts line
-	// ends; no file name and date 0, which say nothing about the message.
-	lit, err := packet.SerializeLiteral(seipd, true, "", 0)
-	if err != nil {
+	// The Literal Data packet (RFC 9580 §5.9) has a new-format header and
+	// partial body lengths (§4.2.1.4): the entity's length is not known
+	// until Close. Its body starts with literalHeader.
+	s.hdr[0] = tagLiteral
+	if err := s.seipd.write(s.hdr[:1]); err != nil {
 		s.Destroy()
-		return nil, fmt.Errorf("pgpmime: starting literal data: %w", err)
+		return nil, fmt.Errorf("pgpmime: writing encrypted data: %w", err)
 	}
-	s.lit = lit
+	s.inBuf = plainBufs.Get().(*[]byte)
+	s.in = append((*s.inBuf)[:0], literalHeader[:]...)
 	prefix := h.EntityPrefix(opts.HeaderProtection)
 	s.prefix = int64(len(prefix))
 	if _, err := s.Write(prefix); err != nil {
@@ -162,9 +139,19 @@ func (s *Seal) Write(p []byte) (int, error) {
 	}
 	written := 0
 	for len(p) > 0 {
-		if len(s.in) == 0 && len(p) >= chunkSize {
-			// A whole chunk at hand: straight from the caller's buffer.
-			if err := s.encrypt(p[:chunkSize]); err != nil {
+		if len(s.in) == chunkSize {
+			// More is coming, so this chunk is not the last: it goes out
+			// as a partial one. Sent only now, never on filling up, so
+			// that the final chunk Close writes holds at least one octet.
+			if err := s.literalChunk(s.in); err != nil {
+				return written, err
+			}
+			s.in = s.in[:0]
+		}
+		if len(s.in) == 0 && len(p) > chunkSize {
+			// A whole chunk at hand and more after it: straight from the
+			// caller's buffer.
+			if err := s.literalChunk(p[:chunkSize]); err != nil {
 				return written, err
 			}
 			p = p[chunkSize:]
@@ -175,31 +162,26 @@ func (s *Seal) Write(p []byte) (int, error) {
 		s.in = s.in[:len(s.in)+n]
 		p = p[n:]
 		written += n
-		if len(s.in) == cap(s.in) {
-			if err := s.flushIn(); err != nil {
-				return written, err
-			}
-		}
 	}
 	return written, nil
 }
 
-// flushIn encrypts the gathered plaintext.
-func (s *Seal) flushIn() error {
-	if len(s.in) == 0 {
-		return nil
+// literalChunk encrypts one partial chunk of the literal packet's body,
+// after its Partial Body Length header (RFC 9580 §4.2.1.4).
+func (s *Seal) literalChunk(p []byte) error {
+	s.hdr[0] = partialOctet
+	if err := s.seipd.write(s.hdr[:1]); err != nil {
+		return s.fail(err)
 	}
-	err := s.encrypt(s.in)
-	s.in = s.in[:0]
-	return err
-}
-
-func (s *Seal) encrypt(p []byte) error {
-	if _, err := s.lit.Write(p); err != nil {
-		s.err = fmt.Errorf("pgpmime: writing encrypted data: %w", err)
-		return s.err
+	if err := s.seipd.write(p); err != nil {
+		return s.fail(err)
 	}
 	return nil
+}
+
+func (s *Seal) fail(err error) error {
+	s.err = fmt.Errorf("pgpmime: writing encrypted data: %w", err)
+	return s.err
 }
 
 // releaseIn clears the plaintext buffer and hands it back.
@@ -211,9 +193,10 @@ func (s *Seal) releaseIn() {
 	}
 }
 
-// Close ends the literal packet and the SEIPD packet with its MDC (RFC 9580
-// §5.13.1) and flushes the ciphertext to dst, which it does not close. The
-// Seal can then make copies.
+// Close ends the literal packet with its final chunk (a definite length,
+// RFC 9580 §4.2.1.4), then the SEIPD packet with its MDC (§5.13.1, §5.14),
+// and writes the rest of the ciphertext to dst, which it does not close.
+// The Seal can then make copies.
 func (s *Seal) Close() error {
 	if s.err != nil {
 		return s.err
@@ -222,31 +205,25 @@ func (s *Seal) Close() error {
 		return nil
 	}
 	s.closed = true
-	err := s.flushIn()
+	err := s.seipd.write(putLength(s.hdr[:], len(s.in)))
+	if err == nil {
+		err = s.seipd.write(s.in)
+	}
 	s.releaseIn()
+	if err == nil {
+		err = s.seipd.close()
+	}
+	s.releaseSEIPD()
 	if err != nil {
-		return err
+		return s.fail(err)
 	}
-	// The literal writer's Close ends its packet and closes the SEIPD
-	// writer beneath it, which appends the MDC packet and ends the SEIPD
-	// packet.
-	if err := s.lit.Close(); err != nil {
-		s.err = fmt.Errorf("pgpmime: ending encrypted data: %w", err)
-		return s.err
-	}
-	if err := s.buf.Flush(); err != nil {
-		s.err = fmt.Errorf("pgpmime: writing encrypted data: %w", err)
-		return s.err
-	}
-	s.releaseBuf()
 	return nil
 }
 
-func (s *Seal) releaseBuf() {
-	if s.buf != nil {
-		s.buf.Reset(nil)
-		outBufs.Put(s.buf)
-		s.buf = nil
+func (s *Seal) releaseSEIPD() {
+	if s.seipd != nil {
+		s.seipd.release()
+		s.seipd = nil
 	}
 }
 
@@ -256,20 +233,16 @@ func (s *Seal) Size() int64 { return s.out.n }
 
 // Destroy forgets the session key and clears the plaintext the Seal still
 // holds: no copy can be made and nothing opened afterwards. Call it when
-// the message is done, whatever happened. (The AES key schedule inside
-// go-crypto's writer, and up to a chunk of pending plaintext in its
-// buffers, are left to the garbage collector: go-crypto offers no way to
-// clear them.)
+// the message is done, whatever happened. Ciphertext not yet written is
+// dropped: it is of no use without the key, and half a packet is worse than
+// none. (The AES key schedule and the SHA-1 state, which holds up to 63
+// octets of the last plaintext hashed, are left to the garbage collector:
+// crypto/aes and crypto/sha1 offer no way to clear them.)
 func (s *Seal) Destroy() {
 	clear(s.key)
 	s.key = nil
 	s.releaseIn()
-	s.lit, s.seipd = nil, nil
-	if !s.closed {
-		// Ciphertext pending in the buffer is of no use without the
-		// key; drop it rather than write half a packet.
-		s.releaseBuf()
-	}
+	s.releaseSEIPD()
 	if s.err == nil {
 		s.err = ErrClosed
 	}
