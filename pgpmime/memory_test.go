@@ -14,7 +14,7 @@ import (
 
 // heapWatch records the largest live heap, measured after a collection, at
 // every MiB of data: what the seal, a copy and OpenBody keep, as opposed to
-// the garbage they leave (go-crypto's CFB writer allocates per write).
+// the garbage they leave (OpenBody, through go-crypto's reader, allocates per read).
 type heapWatch struct {
 	base, peak uint64
 	next, n    int64
