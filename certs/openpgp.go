@@ -60,8 +60,11 @@ type Key struct {
 	// File is the path of the file it came from.
 	File string
 	// Addresses are the mailboxes of its valid User IDs, normalized as
-	// certificates' are, sorted.
+	// certificates' are, sorted; for an enrolled key, only the address it
+	// was enrolled for.
 	Addresses []string
+	// Source is SourceDirectory or SourceEnrollment, as for a Cert.
+	Source string
 
 	// validUntil is when the last encryption key stops being usable (see
 	// ValidUntil); zero when none expires.
@@ -618,24 +621,40 @@ type keyCandidate struct {
 	entity *openpgp.Entity
 	file   string
 	fp     string
+	// bound is the address an enrolled key is for; "" for the keys of
+	// Dir.
+	bound string
 }
 
 func keyFingerprint(e *openpgp.Entity) string { return hex.EncodeToString(e.PrimaryKey.Fingerprint) }
 
 // loadKeyFile adds the keys of one OpenPGP file to cands, reporting
 // duplicates of keys seen before (seen: fingerprint → file).
-func (s *Store) loadKeyFile(path string, data []byte, cands []keyCandidate, seen map[string]string) []keyCandidate {
+// bound is the address of an enrolled key file, "" for Dir.
+func (s *Store) loadKeyFile(path string, data []byte, cands []keyCandidate, seen map[string]string, bound string) []keyCandidate {
 	parsed, skipped := parseKeyFile(path, data)
 	s.skipped = append(s.skipped, skipped...)
+	if bound != "" && len(parsed) > 1 {
+		// The engine writes one key a file: more is not its file.
+		s.skipped = append(s.skipped, Skipped{File: path,
+			Err: fmt.Errorf("%w: %d OpenPGP keys in one enrolled file, want one", ErrEnrolled, len(parsed))})
+		return cands
+	}
 	for _, e := range parsed {
 		fp := keyFingerprint(e)
-		if first, dup := seen[fp]; dup {
+		key := fp
+		if bound != "" {
+			// One key may be enrolled for two of its addresses, in two
+			// files: each binds one.
+			key = fp + "\x00" + bound
+		}
+		if first, dup := seen[key]; dup {
 			s.skipped = append(s.skipped, Skipped{File: path, Subject: primaryUserID(e),
 				Err: fmt.Errorf("%w: same OpenPGP key as in %s (fingerprint %s)", ErrDuplicate, first, fp)})
 			continue
 		}
-		seen[fp] = path
-		cands = append(cands, keyCandidate{entity: e, file: path, fp: fp})
+		seen[key] = path
+		cands = append(cands, keyCandidate{entity: e, file: path, fp: fp, bound: bound})
 	}
 	return cands
 }
@@ -653,22 +672,40 @@ func (s *Store) addKeys(cands []keyCandidate, t time.Time) {
 		if !v.keep {
 			continue
 		}
+		addrs, source := v.addresses, SourceDirectory
+		if c.bound != "" {
+			// As for certificates: enrolling for alice@ must not make
+			// the key serve bob@, which its other User IDs may name.
+			source = SourceEnrollment
+			if !slices.Contains(addrs, c.bound) {
+				s.skipped = append(s.skipped, Skipped{File: c.file, Subject: primaryUserID(c.entity),
+					Err: fmt.Errorf("openpgp %s: %w: enrolled for %s, which no valid User ID names", c.fp, ErrEnrolled, c.bound)})
+				continue
+			}
+			addrs = []string{c.bound}
+		}
 		s.keys = append(s.keys, &Key{Entity: c.entity, Fingerprint: c.fp, File: c.file,
-			Addresses: v.addresses, validUntil: v.validUntil})
+			Addresses: addrs, Source: source, validUntil: v.validUntil})
 	}
 	slices.SortFunc(s.keys, func(a, b *Key) int {
 		return cmp.Or(strings.Compare(a.Addresses[0], b.Addresses[0]), keysByExpiry(a, b))
 	})
 	for _, k := range s.keys {
 		for _, a := range k.Addresses {
-			s.keyExact[a] = append(s.keyExact[a], k)
+			// One key once per bucket: a key both in Dir and enrolled
+			// for one of its addresses is encrypted to once.
+			if !slices.ContainsFunc(s.keyExact[a], k.sameKey) {
+				s.keyExact[a] = append(s.keyExact[a], k)
+			}
 			f := foldKey(a)
-			if !slices.Contains(s.keyFolded[f], k) {
+			if !slices.ContainsFunc(s.keyFolded[f], k.sameKey) {
 				s.keyFolded[f] = append(s.keyFolded[f], k)
 			}
 		}
 	}
 }
+
+func (k *Key) sameKey(o *Key) bool { return k.Fingerprint == o.Fingerprint }
 
 // keysByExpiry orders keys as certificates are ordered in a bucket: soonest
 // expiry first (never last), then fingerprint.
@@ -716,4 +753,49 @@ func (s *Store) KeysExpiringWithin(d time.Duration) []*Key {
 			strings.Compare(a.Fingerprint, b.Fingerprint))
 	})
 	return out
+}
+
+// ReadKey reads the one OpenPGP transferable public key (RFC 9580 §10.1) in
+// data, ASCII-armored (§6.2) or binary, as a mail client attaches it or an
+// Autocrypt header carries it. Every signature the key relies on is
+// verified, as for the directory's files. It fails (wrapping ErrParse,
+// ErrPrivateKey or ErrNotKey) unless data holds exactly one public key:
+// enrollment asks for one key, and a secret key must never be taken in.
+func ReadKey(data []byte) (*openpgp.Entity, error) {
+	if !isOpenPGP(data) {
+		return nil, fmt.Errorf("%w: not an OpenPGP key", ErrParse)
+	}
+	keys, skipped := parseKeyFile("", data)
+	for _, s := range skipped {
+		return nil, s.Err
+	}
+	if len(keys) != 1 {
+		return nil, fmt.Errorf("%w: %d OpenPGP keys, want one", ErrParse, len(keys))
+	}
+	return keys[0], nil
+}
+
+// CheckKey applies to e exactly the checks a key must pass to be used from
+// the directory (see Key): version 4, a valid User ID with an address, and
+// an encryption key usable at now. Enrollment calls it so that it accepts
+// exactly what the store would use, as CheckRecipient does for
+// certificates. addresses are e's normalized mailboxes, also beside an
+// error where they can be read; until is when it stops being usable (zero:
+// it does not expire). A key usable only later ([ErrNotYetValid]) is an
+// error here: it cannot be encrypted to now.
+func CheckKey(e *openpgp.Entity, now time.Time) (addresses []string, until time.Time, err error) {
+	v := checkKey(e, now)
+	if v.err != nil {
+		return keyAddresses(e, now), time.Time{}, v.err
+	}
+	return v.addresses, v.validUntil, nil
+}
+
+// NewKey makes a Key of e for use outside the store (a key a user asked to
+// enroll): its fingerprint, and its addresses and end of use independent
+// of any clock (each User ID as of its self-signature, the latest
+// expiration of its encryption keys). CheckKey says whether it is usable.
+func NewKey(e *openpgp.Entity) *Key {
+	return &Key{Entity: e, Fingerprint: keyFingerprint(e), Addresses: keyAddresses(e, time.Time{}),
+		validUntil: keyValidUntil(e, time.Time{})}
 }

@@ -28,14 +28,16 @@ type Options struct {
 	// certificates of Dir as intermediates. When nil, every certificate in
 	// Dir is taken as vouched for by whoever put it there.
 	Roots *x509.CertPool
-	// EnrolledDir, when set, is the directory of certificates users
-	// enrolled themselves (package enroll's ActiveDir), loaded beside Dir
+	// EnrolledDir, when set, is the directory of certificates and
+	// OpenPGP keys users enrolled themselves (package enroll's ActiveDir), loaded beside Dir
 	// and watched the same way. Each file there holds "Key: value" lines
 	// before its PEM: its "Enrolled-Address:" names the one address it was
 	// confirmed for, and it is used for that address only, whatever else
 	// its subjectAltName lists: enrolling for alice@ must not make the
 	// certificate serve bob@, which it may also name. The certificates
-	// after the first of a file only serve as its intermediates. A
+	// after the first of a file only serve as its intermediates. A file
+	// whose block is OpenPGP armor holds one enrolled key, bound the same
+	// way (Key.Addresses is then that one address). A
 	// missing EnrolledDir is empty (nothing was enrolled yet); Dir may
 	// then be "" too.
 	EnrolledDir string
@@ -288,8 +290,11 @@ func (ld *loading) dir(dir string, enrolled bool) error {
 				s.skipped = append(s.skipped, Skipped{File: path, Err: err})
 				continue
 			}
-		} else if isOpenPGP(data) {
-			ld.keyCands = s.loadKeyFile(path, data, ld.keyCands, ld.seenKeys)
+		}
+		if isOpenPGP(data) {
+			// An enrolled OpenPGP key is the same file with armor after
+			// its "Key: value" lines (package enroll).
+			ld.keyCands = s.loadKeyFile(path, data, ld.keyCands, ld.seenKeys, bound)
 			// No key points into data: a secret key's bytes go too.
 			clear(data)
 			continue

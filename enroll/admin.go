@@ -79,12 +79,12 @@ func (e *Engine) Remove(addr, fp string) ([]Outgoing, error) {
 				Requester: "admin", Kind: a.Kind, Request: a.Request, Outcome: "removed by the administrator"}); err != nil {
 				return err
 			}
-			rest := certsOf(e.usable(st, addr, now, fp))
-			ent, err := e.entity(addr, "A certificate for your encrypted mail was removed", now, e.removedText(addr, a.cred, rest))
+			rest := e.usable(st, addr, now, fp)
+			ent, err := e.entity(addr, "A "+noun(a.cred)+" for your encrypted mail was removed", now, e.removedText(addr, a.cred, rest))
 			if err != nil {
 				return err
 			}
-			out = append(out, Outgoing{To: addr, EncryptTo: append(rest, a.cred.Certificate), Entity: ent, Purpose: "removed"})
+			out = append(out, outgoing(addr, withHolder(rest, holderOf(a.cred, a.cred.NotAfter)), ent, "removed"))
 			found = true
 		}
 		for _, p := range slices.Clone(st.pending) {

@@ -201,24 +201,56 @@ func (e *Engine) seedLimits(now time.Time) error {
 	return nil
 }
 
-// holder is one certificate an address's mail is encrypted to now.
+// holder is one certificate or OpenPGP key an address's mail is encrypted
+// to now.
 type holder struct {
 	cert  *x509.Certificate
+	key   *certs.Key
 	fp    string
-	until time.Time
+	until time.Time // zero: an OpenPGP key that does not expire
 }
 
-func certsOf(hs []holder) []*x509.Certificate {
-	out := make([]*x509.Certificate, len(hs))
-	for i, h := range hs {
-		out[i] = h.cert
+// holderOf is the holder of a requested or enrolled credential.
+func holderOf(c *Credential, until time.Time) holder {
+	return holder{cert: c.Certificate, key: c.Key, fp: c.Fingerprint, until: until}
+}
+
+// outgoing is a message to addr encrypted to exactly hs.
+func outgoing(to string, hs []holder, entity []byte, purpose string) Outgoing {
+	o := Outgoing{To: to, Entity: entity, Purpose: purpose}
+	for _, h := range hs {
+		switch {
+		case h.cert != nil:
+			o.EncryptTo = append(o.EncryptTo, h.cert)
+		case h.key != nil:
+			o.EncryptToKeys = append(o.EncryptToKeys, h.key)
+		}
 	}
-	return out
+	return o
 }
 
-// usable returns the certificates mail for addr is encrypted to at now:
-// the certificate store's (Options.Current) and the enrolled ones, without
-// the one whose fingerprint is except.
+// withHolder returns hs with h added unless it is there already.
+func withHolder(hs []holder, h holder) []holder {
+	if slices.ContainsFunc(hs, func(o holder) bool { return o.fp == h.fp }) {
+		return hs
+	}
+	return append(hs, h)
+}
+
+// endsAfter compares two ends of use where zero means never.
+func endsAfter(a, b time.Time) bool {
+	switch {
+	case a.IsZero():
+		return !b.IsZero()
+	case b.IsZero():
+		return false
+	}
+	return a.After(b)
+}
+
+// usable returns the certificates and keys mail for addr is encrypted to
+// at now: the certificate store's (Options.Current, Options.CurrentKeys)
+// and the enrolled ones, without the one whose fingerprint is except.
 func (e *Engine) usable(st *state, addr string, now time.Time, except string) []holder {
 	var out []holder
 	add := func(h holder) {
@@ -233,12 +265,19 @@ func (e *Engine) usable(st *state, addr string, now time.Time, except string) []
 			}
 		}
 	}
+	if e.opts.CurrentKeys != nil {
+		for _, k := range e.opts.CurrentKeys(addr) {
+			if k.UsableAt(now) {
+				add(holder{key: k, fp: k.Fingerprint, until: k.ValidUntil()})
+			}
+		}
+	}
 	for _, a := range st.active {
-		if a.Address != addr || a.cred.Certificate == nil {
+		if a.Address != addr || (a.cred.Certificate == nil && a.cred.Key == nil) {
 			continue
 		}
 		if until, err := e.kinds[a.Kind].Usable(a.cred, now); err == nil {
-			add(holder{cert: a.cred.Certificate, fp: a.Fingerprint, until: until})
+			add(holderOf(a.cred, until))
 		}
 	}
 	return out

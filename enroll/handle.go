@@ -2,7 +2,6 @@ package enroll
 
 import (
 	"bytes"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/smimefilter/smimefilter/certs"
 )
 
 // HandleMessage takes one message sent to the enrollment address. A
@@ -104,9 +105,10 @@ func decodeHeader(v string) string {
 // certificate that is delivered here.
 func (e *Engine) request(from string, r *Request, now time.Time) (Result, error) {
 	var (
-		cred    *Credential
-		kind    Kind
-		refusal error
+		cred     *Credential
+		kind     Kind
+		refusal  error
+		unsigned []string // what each kind would have wanted
 	)
 	for _, k := range e.opts.Kinds {
 		c, err := k.VerifyRequest(r, now)
@@ -114,17 +116,22 @@ func (e *Engine) request(from string, r *Request, now time.Time) (Result, error)
 			cred, kind = c, k
 			break
 		}
-		if refusal == nil || !errors.Is(err, ErrUnsigned) {
-			refusal = err
-		}
 		if !errors.Is(err, ErrUnsigned) {
+			refusal = err
 			break
 		}
+		unsigned = append(unsigned, strings.TrimPrefix(err.Error(), ErrUnsigned.Error()+": "))
 	}
 	if cred == nil {
+		if refusal == nil {
+			// Of no kind at all: say what each kind takes.
+			refusal = fmt.Errorf("%w: %s", ErrUnsigned, strings.Join(unsigned, "; or "))
+		}
 		return Result{Err: refusal}, nil
 	}
-	if n := len(kind.Encode(cred)); n > maxCredential {
+	if n := len(kind.Encode(cred)); n == 0 {
+		return Result{Err: fmt.Errorf("%w: the key cannot be stored", ErrUnusableCertificate)}, nil
+	} else if n > maxCredential {
 		// Every pending request holds its certificate: a huge one,
 		// MaxPendingTotal times, would fill the disk.
 		return Result{Err: fmt.Errorf("%w: %d bytes of certificates, at most %d", ErrUnusableCertificate, n, maxCredential)}, nil
@@ -193,7 +200,11 @@ func (e *Engine) requestFor(st *state, k Kind, cred *Credential, addr, from stri
 	if st.activeFor(addr, cred.Fingerprint) != nil {
 		return "already active for " + addr, nil, false, nil
 	}
-	if e.opts.Current != nil && slices.ContainsFunc(e.opts.Current(addr), cred.Certificate.Equal) {
+	if cred.Certificate != nil && e.opts.Current != nil && slices.ContainsFunc(e.opts.Current(addr), cred.Certificate.Equal) {
+		return "already in use for " + addr, nil, false, nil
+	}
+	if cred.Key != nil && e.opts.CurrentKeys != nil &&
+		slices.ContainsFunc(e.opts.CurrentKeys(addr), func(k *certs.Key) bool { return k.Fingerprint == cred.Fingerprint }) {
 		return "already in use for " + addr, nil, false, nil
 	}
 	id := pendingID(k.Name(), addr, cred.Fingerprint)
@@ -237,21 +248,22 @@ func (e *Engine) requestFor(st *state, k Kind, cred *Credential, addr, from stri
 		p.Cancels = appendCapped(p.Cancels, codeRecord{Hash: ch}, maxCancels)
 	}
 
-	challenge, err := e.entity(addr, "Confirm your certificate for encrypted mail", now,
+	challenge, err := e.entity(addr, "Confirm your "+noun(cred)+" for encrypted mail", now,
 		e.challengeText(addr, cred, from, code, expires, len(holders) > 0, now))
 	if err != nil {
 		return "", nil, false, err
 	}
-	out = append(out, Outgoing{To: addr, EncryptTo: []*x509.Certificate{cred.Certificate}, Entity: challenge, Purpose: "challenge"})
+	// The requested key alone: only its holder may read the code.
+	out = append(out, outgoing(addr, []holder{holderOf(cred, cred.NotAfter)}, challenge, "challenge"))
 	outcome := "challenge sent"
 	if len(holders) > 0 {
-		notice, err := e.entity(addr, "A new certificate was requested for your address", now,
-			e.changeNoticeText(addr, cred, from, certsOf(holders), cancel, expires, now))
+		notice, err := e.entity(addr, "A new "+noun(cred)+" was requested for your address", now,
+			e.changeNoticeText(addr, cred, from, holders, cancel, expires, now))
 		if err != nil {
 			return "", nil, false, err
 		}
-		out = append(out, Outgoing{To: addr, EncryptTo: certsOf(holders), Entity: notice, Purpose: "change-notice"})
-		outcome = fmt.Sprintf("challenge sent; current holder told (%d certificates)", len(holders))
+		out = append(out, outgoing(addr, holders, notice, "change-notice"))
+		outcome = fmt.Sprintf("challenge sent; current holder told (%d certificates or keys)", len(holders))
 	}
 
 	if err := e.savePending(p); err != nil {
@@ -347,7 +359,7 @@ func (e *Engine) confirm(st *state, p *pendingRecord, from string, now time.Time
 		if err != nil {
 			return Result{}, err
 		}
-		return Result{Text: fmt.Sprintf("certificate %s active for %s", p.Fingerprint, p.Address), Outgoing: []Outgoing{out}}, nil
+		return Result{Text: fmt.Sprintf("%s %s active for %s", noun(p.cred), p.Fingerprint, p.Address), Outgoing: []Outgoing{out}}, nil
 	}
 
 	p.ActivateAt = now.Add(e.opts.ChangeDelay)
@@ -356,9 +368,8 @@ func (e *Engine) confirm(st *state, p *pendingRecord, from string, now time.Time
 		return Result{}, err
 	}
 	p.Cancels = appendCapped(p.Cancels, codeRecord{Hash: ch}, maxCancels)
-	current := certsOf(holders)
-	notice, err := e.entity(p.Address, "The change of your certificate was confirmed", now,
-		e.scheduledText(p.Address, p.cred, from, p.ActivateAt, current, cancel))
+	notice, err := e.entity(p.Address, "The change of your "+noun(p.cred)+" was confirmed", now,
+		e.scheduledText(p.Address, p.cred, from, p.ActivateAt, holders, cancel))
 	if err != nil {
 		return Result{}, err
 	}
@@ -375,10 +386,10 @@ func (e *Engine) confirm(st *state, p *pendingRecord, from string, now time.Time
 		return Result{}, err
 	}
 	return Result{
-		Text: fmt.Sprintf("confirmed; certificate %s active for %s from %s", p.Fingerprint, p.Address, p.ActivateAt.UTC().Format(time.RFC3339)),
+		Text: fmt.Sprintf("confirmed; %s %s active for %s from %s", noun(p.cred), p.Fingerprint, p.Address, p.ActivateAt.UTC().Format(time.RFC3339)),
 		Outgoing: []Outgoing{
-			{To: p.Address, EncryptTo: current, Entity: notice, Purpose: "change-notice"},
-			{To: p.Address, EncryptTo: []*x509.Certificate{p.cred.Certificate}, Entity: confirmed, Purpose: "confirmed"},
+			outgoing(p.Address, holders, notice, "change-notice"),
+			outgoing(p.Address, []holder{holderOf(p.cred, p.cred.NotAfter)}, confirmed, "confirmed"),
 		},
 	}, nil
 }
@@ -421,16 +432,13 @@ func (e *Engine) step(name string) error {
 // activationNotice tells every certificate now active for the address
 // (the new one among them) what changed.
 func (e *Engine) activationNotice(st *state, p *pendingRecord, now time.Time) (Outgoing, error) {
-	all := certsOf(e.usable(st, p.Address, now, ""))
-	if !slices.ContainsFunc(all, p.cred.Certificate.Equal) {
-		all = append(all, p.cred.Certificate)
-	}
-	ent, err := e.entity(p.Address, "Your mail is now encrypted to a new certificate", now,
+	all := withHolder(e.usable(st, p.Address, now, ""), holderOf(p.cred, p.cred.NotAfter))
+	ent, err := e.entity(p.Address, "Your mail is now encrypted to a new "+noun(p.cred), now,
 		e.activatedText(p.Address, p.cred, p.Requester, all))
 	if err != nil {
 		return Outgoing{}, err
 	}
-	return Outgoing{To: p.Address, EncryptTo: all, Entity: ent, Purpose: "activated"}, nil
+	return outgoing(p.Address, all, ent, "activated"), nil
 }
 
 // cancel stops a request, and tells the address (its current certificates
@@ -443,14 +451,13 @@ func (e *Engine) cancel(st *state, p *pendingRecord, requester, how string, now 
 		Requester: requester, Kind: p.Kind, Request: p.ID, Outcome: "cancelled " + how}); err != nil {
 		return Result{}, err
 	}
-	to := certsOf(e.usable(st, p.Address, now, p.Fingerprint))
-	to = append(to, p.cred.Certificate)
-	ent, err := e.entity(p.Address, "The certificate change was cancelled", now, e.cancelledText(p.Address, p.cred, how))
+	to := withHolder(e.usable(st, p.Address, now, p.Fingerprint), holderOf(p.cred, p.cred.NotAfter))
+	ent, err := e.entity(p.Address, "The "+noun(p.cred)+" change was cancelled", now, e.cancelledText(p.Address, p.cred, how))
 	if err != nil {
 		return Result{}, err
 	}
 	return Result{
-		Text:     fmt.Sprintf("request for %s (certificate %s) cancelled", p.Address, p.Fingerprint),
-		Outgoing: []Outgoing{{To: p.Address, EncryptTo: to, Entity: ent, Purpose: "cancelled"}},
+		Text:     fmt.Sprintf("request for %s (%s %s) cancelled", p.Address, noun(p.cred), p.Fingerprint),
+		Outgoing: []Outgoing{outgoing(p.Address, to, ent, "cancelled")},
 	}, nil
 }

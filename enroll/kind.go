@@ -4,16 +4,19 @@ import (
 	"crypto/x509"
 	"net/mail"
 	"time"
+
+	"github.com/smimefilter/smimefilter/certs"
 )
 
 // A Kind is one kind of public key that users enroll. Everything specific
 // to it is here: reading a signed request, telling whether a key is still
 // usable, and its stored form. Requests, challenges, codes, the delay,
-// notices and the log are the Engine's and the same for every kind. S/MIME
-// certificates are the one kind today ([SMIME]); OpenPGP keys will be
-// another (and will need their own field in [Credential] and [Outgoing]).
+// notices and the log are the Engine's and the same for every kind: S/MIME
+// certificates ([SMIME]) and OpenPGP keys ([OpenPGP]), each with its own
+// field in [Credential] and [Outgoing].
 type Kind interface {
-	// Name identifies the kind in stored state and the log: "smime".
+	// Name identifies the kind in stored state and the log: "smime",
+	// "openpgp".
 	Name() string
 	// VerifyRequest checks a request. It returns the key the sender asks
 	// to enroll, or an error wrapping ErrUnsigned when the message is not
@@ -42,16 +45,21 @@ type Request struct {
 type Credential struct {
 	Kind string
 	// Fingerprint is the lowercase hex SHA-256 of the DER certificate,
-	// as the certificate store and the daemon's logs print it.
+	// or the OpenPGP primary key's fingerprint (RFC 9580 §5.5.4), as the
+	// certificate store and the daemon's logs print them.
 	Fingerprint string
 	// Addresses are the normalized mailboxes the key is for.
 	Addresses []string
 	// NotBefore and NotAfter bound its use (for S/MIME with trust roots,
-	// the chain's common validity).
+	// the chain's common validity). A zero NotAfter is an OpenPGP key
+	// that does not expire.
 	NotBefore, NotAfter time.Time
 	// Certificate is what mail is encrypted to (S/MIME); Chain holds the
 	// intermediates that came with the request, stored beside it so that
 	// the certificate store can build the chain.
 	Certificate *x509.Certificate
 	Chain       []*x509.Certificate
+	// Key is what mail is encrypted to (OpenPGP): the transferable
+	// public key, never a secret one.
+	Key *certs.Key
 }

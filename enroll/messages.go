@@ -2,7 +2,6 @@ package enroll
 
 import (
 	"bytes"
-	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -111,10 +110,39 @@ func span(d time.Duration) string {
 	return d.String()
 }
 
-// describe names a certificate for a person: who it is for, who issued
-// it, until when, and the fingerprint an administrator can compare.
+// noun is what a person calls the kind of key c is.
+func noun(c *Credential) string {
+	if c.Key != nil {
+		return "OpenPGP key"
+	}
+	return "certificate"
+}
+
+// validUntil says when a key stops being usable; zero is never.
+func validUntil(t time.Time) string {
+	if t.IsZero() {
+		return "does not expire"
+	}
+	return when(t)
+}
+
+// describe names a certificate or key for a person: who it is for, who
+// issued it, until when, and the fingerprint an administrator can compare
+// (for an OpenPGP key, as "gpg --fingerprint" and Thunderbird's key manager
+// show it).
 func describe(c *Credential) string {
 	var b strings.Builder
+	if k := c.Key; k != nil {
+		name := ""
+		if id := k.Entity.PrimaryIdentity(); id != nil {
+			name = id.Name
+		}
+		fmt.Fprintf(&b, "  OpenPGP key:  %s\n", clean(name, 200))
+		fmt.Fprintf(&b, "  Addresses:    %s\n", strings.Join(c.Addresses, ", "))
+		fmt.Fprintf(&b, "  Valid until:  %s\n", validUntil(c.NotAfter))
+		fmt.Fprintf(&b, "  Fingerprint:  %s\n", strings.ToUpper(c.Fingerprint))
+		return b.String()
+	}
 	if x := c.Certificate; x != nil {
 		subject := x.Subject.CommonName
 		if subject == "" {
@@ -133,10 +161,18 @@ func describe(c *Credential) string {
 	return b.String()
 }
 
-func fingerprints(cs []*x509.Certificate) string {
+func fingerprints(hs []holder) string {
 	var b strings.Builder
-	for _, c := range cs {
-		fmt.Fprintf(&b, "  SHA-256 %s (valid until %s)\n", fingerprint(c.Raw), when(c.NotAfter))
+	for _, h := range hs {
+		if h.key != nil {
+			end := "does not expire"
+			if !h.until.IsZero() {
+				end = "valid until " + when(h.until)
+			}
+			fmt.Fprintf(&b, "  OpenPGP key %s (%s)\n", strings.ToUpper(h.fp), end)
+			continue
+		}
+		fmt.Fprintf(&b, "  SHA-256 %s (valid until %s)\n", h.fp, when(h.until))
 	}
 	return b.String()
 }
@@ -152,9 +188,13 @@ func (e *Engine) action(verb, code string) string {
 
 func (e *Engine) challengeText(addr string, c *Credential, requester, code string, expires time.Time, holders bool, now time.Time) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Someone asked that the mail stored for %s be encrypted to this certificate:\n\n%s\n", addr, describe(c))
+	fmt.Fprintf(&b, "Someone asked that the mail stored for %s be encrypted to this %s:\n\n%s\n", addr, noun(c), describe(c))
 	fmt.Fprintf(&b, "The request came from %s on %s.\n\n", requester, when(now))
-	fmt.Fprintf(&b, "You can read this message, so you hold the key of that certificate. If the request was yours, confirm it. ")
+	if c.Key != nil {
+		b.WriteString("You can read this message, so you hold the secret key of that OpenPGP key. If the request was yours, confirm it. ")
+	} else {
+		b.WriteString("You can read this message, so you hold the key of that certificate. If the request was yours, confirm it. ")
+	}
 	b.WriteString(e.action("confirm", code))
 	fmt.Fprintf(&b, "\nThe code works once, until %s.\n", when(expires))
 	if holders {
@@ -162,15 +202,15 @@ func (e *Engine) challengeText(addr string, c *Credential, requester, code strin
 			"until then mail stays encrypted to the current certificate only, and its holder has been told and can stop the change.\n",
 			addr, span(e.opts.ChangeDelay))
 	} else {
-		fmt.Fprintf(&b, "\nFrom then on every message delivered to %s is stored encrypted to this certificate.\n", addr)
+		fmt.Fprintf(&b, "\nFrom then on every message delivered to %s is stored encrypted to this %s.\n", addr, noun(c))
 	}
 	b.WriteString("\nIf you did not ask for this, do nothing: nothing changes.\n")
 	return b.String()
 }
 
-func (e *Engine) changeNoticeText(addr string, c *Credential, requester string, current []*x509.Certificate, cancel string, codeExpires time.Time, now time.Time) string {
+func (e *Engine) changeNoticeText(addr string, c *Credential, requester string, current []holder, cancel string, codeExpires time.Time, now time.Time) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Someone asked that the mail stored for %s be encrypted to a new certificate:\n\n%s\n", addr, describe(c))
+	fmt.Fprintf(&b, "Someone asked that the mail stored for %s be encrypted to a new %s:\n\n%s\n", addr, noun(c), describe(c))
 	fmt.Fprintf(&b, "The request came from %s on %s.\n\n", requester, when(now))
 	fmt.Fprintf(&b, "A confirmation code went to %s, readable only with the new certificate's key. "+
 		"If it is confirmed (by %s at the latest), the new certificate takes effect %s later. "+
@@ -182,7 +222,7 @@ func (e *Engine) changeNoticeText(addr string, c *Credential, requester string, 
 	return b.String()
 }
 
-func (e *Engine) scheduledText(addr string, c *Credential, by string, at time.Time, current []*x509.Certificate, cancel string) string {
+func (e *Engine) scheduledText(addr string, c *Credential, by string, at time.Time, current []holder, cancel string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "The change of certificate for %s was confirmed (by a message from %s). From %s on, "+
 		"mail for %s will also be encrypted to:\n\n%s\n", addr, by, when(at), addr, describe(c))
@@ -197,7 +237,7 @@ func (e *Engine) confirmedText(addr string, c *Credential, at time.Time) string 
 		"unless the holder of the current certificate stops it:\n\n%s", addr, when(at), describe(c))
 }
 
-func (e *Engine) activatedText(addr string, c *Credential, requester string, all []*x509.Certificate) string {
+func (e *Engine) activatedText(addr string, c *Credential, requester string, all []holder) string {
 	return fmt.Sprintf("From now on, mail delivered to %s is stored encrypted to this newly enrolled certificate "+
 		"(requested by %s):\n\n%s\nAll certificates mail for %s is now encrypted to:\n\n%s\n"+
 		"If you did not ask for this, tell the administrator of this mail server.\n",
@@ -209,8 +249,9 @@ func (e *Engine) cancelledText(addr string, c *Credential, by string) string {
 		addr, by, describe(c))
 }
 
-func (e *Engine) expiryText(addr string, last *x509.Certificate, until time.Time, all []*x509.Certificate, now time.Time) string {
+func (e *Engine) expiryText(addr string, last holder, all []holder, now time.Time) string {
 	var b strings.Builder
+	until := last.until
 	left := "less than a day"
 	switch days := int(until.Sub(now) / (24 * time.Hour)); {
 	case days == 1:
@@ -219,17 +260,21 @@ func (e *Engine) expiryText(addr string, last *x509.Certificate, until time.Time
 		left = fmt.Sprintf("%d days", days)
 	}
 	fmt.Fprintf(&b, "The last certificate that mail for %s is encrypted to expires on %s (in %s):\n\n%s\n",
-		addr, when(until), left, fingerprints([]*x509.Certificate{last}))
+		addr, when(until), left, fingerprints([]holder{last}))
 	fmt.Fprintf(&b, "After that, new mail for %s can no longer be stored encrypted.\n\n", addr)
 	fmt.Fprintf(&b, "To keep it encrypted: get a new certificate (from the same place as this one, or any other), "+
 		"then send a message signed with the new certificate to %s. You will get a confirmation link, encrypted to the new certificate.\n", e.opts.Address)
+	if last.key != nil {
+		fmt.Fprintf(&b, "With OpenPGP: extend the key's expiry date (or make a new key), then send a message to %s "+
+			"with your public key attached (Thunderbird: Attach My Public Key).\n", e.opts.Address)
+	}
 	if len(all) > 1 {
 		fmt.Fprintf(&b, "\nCertificates mail for %s is encrypted to now:\n\n%s", addr, fingerprints(all))
 	}
 	return b.String()
 }
 
-func (e *Engine) removedText(addr string, c *Credential, rest []*x509.Certificate) string {
+func (e *Engine) removedText(addr string, c *Credential, rest []holder) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "The administrator removed this certificate from %s; new mail is no longer encrypted to it:\n\n%s\n", addr, describe(c))
 	if len(rest) > 0 {

@@ -57,12 +57,16 @@ type Options struct {
 	// the enrolled ones count. It decides whether a change must wait and
 	// who is told about it.
 	Current func(addr string) []*x509.Certificate
+	// CurrentKeys is Current for OpenPGP keys: the usable keys the store
+	// holds for an address (certs.Store.LookupKeys). nil: only the
+	// enrolled ones count.
+	CurrentKeys func(addr string) []*certs.Key
 	// Addresses lists the addresses that have certificates outside
 	// enrollment (certs.dir), so that their expiry is announced too. nil:
 	// only enrolled addresses get expiry notices.
 	Addresses func() []string
 	// Kinds are the kinds of key accepted, tried in order; nil means
-	// S/MIME alone with Roots.
+	// S/MIME with Roots, then OpenPGP.
 	Kinds []Kind
 
 	// Now is the clock of HandleMessage; nil means time.Now.
@@ -133,7 +137,7 @@ func (o *Options) setDefaults() error {
 	pos(&o.MaxRequestsPerSenderPerDay, DefaultMaxRequestsPerSenderPerDay)
 	pos(&o.MaxRequestsPerAddressPerDay, DefaultMaxRequestsPerAddressPerDay)
 	if o.Kinds == nil {
-		o.Kinds = []Kind{SMIME{Roots: o.Roots}}
+		o.Kinds = []Kind{SMIME{Roots: o.Roots}, OpenPGP{}}
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -4,6 +4,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"time"
+
+	"github.com/smimefilter/smimefilter/certs"
 )
 
 // Why a message to the enrollment address was refused. Result.Err wraps one
@@ -51,7 +53,7 @@ type Result struct {
 	// Text says what was done, for the 250 reply and the daemon's log.
 	Text string
 	// Outgoing is what the caller delivers now, each message encrypted to
-	// exactly its EncryptTo. Empty when Err is set.
+	// exactly its EncryptTo and EncryptToKeys. Empty when Err is set.
 	Outgoing []Outgoing
 }
 
@@ -59,10 +61,15 @@ type Result struct {
 type Outgoing struct {
 	// To is the mailbox it goes to, an address delivered here.
 	To string
-	// EncryptTo is the exact set of certificates to encrypt it to, and no
-	// other: for a challenge the requested certificate alone, never the
-	// address's current ones.
-	EncryptTo []*x509.Certificate
+	// EncryptTo and EncryptToKeys are the exact certificates and OpenPGP
+	// keys to encrypt it to, and no other: for a challenge the requested
+	// certificate or key alone, never the address's current ones. The
+	// caller encrypts as S/MIME to EncryptTo and as PGP/MIME (RFC 3156 §4)
+	// to EncryptToKeys; a notice to a holder with both kinds names both,
+	// and goes out once in each format, so that whichever key its owner
+	// uses opens one.
+	EncryptTo     []*x509.Certificate
+	EncryptToKeys []*certs.Key
 	// Entity is the complete RFC 5322 message in plaintext, CRLF line
 	// ends: From the enrollment address, To, Subject, Date, Message-ID,
 	// Auto-Submitted, MIME-Version and a text/plain body. It may hold a

@@ -71,7 +71,7 @@ func (k SMIME) VerifyRequest(r *Request, now time.Time) (*Credential, error) {
 		if proto != "application/pkcs7-signature" && proto != "application/x-pkcs7-signature" {
 			return nil, fmt.Errorf("%w: multipart/signed with protocol %q, not S/MIME", ErrUnsigned, params["protocol"])
 		}
-		content, der, err = splitSigned(r.Body, params["boundary"])
+		content, der, err = splitSigned(r.Body, params["boundary"], "application/pkcs7-signature", "application/x-pkcs7-signature")
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrBadSignature, err)
 		}
@@ -344,8 +344,9 @@ func fingerprint(der []byte) string {
 // splitSigned returns the signed first part of a multipart/signed body,
 // exactly as received (RFC 1847 §2.1: the CRLF before a boundary
 // delimiter belongs to the delimiter, RFC 2046 §5.1.1), and the decoded
-// signature of the second part.
-func splitSigned(body []byte, boundary string) (content, sig []byte, err error) {
+// signature of the second part, which must be of one of sigTypes (the
+// protocol parameter's type, RFC 1847 §2.1).
+func splitSigned(body []byte, boundary string, sigTypes ...string) (content, sig []byte, err error) {
 	if boundary == "" {
 		return nil, nil, errors.New("multipart/signed without a boundary")
 	}
@@ -361,8 +362,8 @@ func splitSigned(body []byte, boundary string) (content, sig []byte, err error) 
 		return nil, nil, fmt.Errorf("signature part: %w", err)
 	}
 	mt, _ := mediatype.Parse(msg.Header.Get("Content-Type"))
-	if mt != "application/pkcs7-signature" && mt != "application/x-pkcs7-signature" {
-		return nil, nil, fmt.Errorf("second part is %q, not application/pkcs7-signature", mt)
+	if !slices.Contains(sigTypes, mt) {
+		return nil, nil, fmt.Errorf("second part is %q, not %s", mt, sigTypes[0])
 	}
 	var raw bytes.Buffer
 	if _, err := raw.ReadFrom(msg.Body); err != nil {

@@ -114,9 +114,12 @@ func (e *Engine) expiryNotices(st *state, now time.Time) ([]Outgoing, error) {
 		}
 		last := hs[0]
 		for _, h := range hs[1:] {
-			if h.until.After(last.until) || (h.until.Equal(last.until) && h.fp < last.fp) {
+			if endsAfter(h.until, last.until) || (h.until.Equal(last.until) && h.fp < last.fp) {
 				last = h
 			}
+		}
+		if last.until.IsZero() {
+			continue // an OpenPGP key that does not expire
 		}
 		var crossed []string
 		for _, w := range e.opts.ExpiryWarnings { // longest first
@@ -143,12 +146,16 @@ func (e *Engine) expiryNotices(st *state, now time.Time) ([]Outgoing, error) {
 			}
 		}
 		changed = true
-		ent, err := e.entity(addr, "Your certificate for encrypted mail expires soon", now,
-			e.expiryText(addr, last.cert, last.until, certsOf(hs), now))
+		what := "certificate"
+		if last.key != nil {
+			what = "OpenPGP key"
+		}
+		ent, err := e.entity(addr, "Your "+what+" for encrypted mail expires soon", now,
+			e.expiryText(addr, last, hs, now))
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, Outgoing{To: addr, EncryptTo: certsOf(hs), Entity: ent, Purpose: "expiry"})
+		out = append(out, outgoing(addr, hs, ent, "expiry"))
 		logs = append(logs, LogEntry{Time: now, Address: addr, Action: ActionExpiryNotice, Fingerprint: last.fp,
 			Outcome: "warned " + nearest + " ahead of expiry at " + last.until.UTC().Format(time.RFC3339)})
 	}

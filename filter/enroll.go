@@ -13,11 +13,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	"github.com/emersion/go-smtp"
 
 	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/deliver"
 	"github.com/smimefilter/smimefilter/enroll"
+	"github.com/smimefilter/smimefilter/pgpmime"
 	"github.com/smimefilter/smimefilter/recipients"
 	"github.com/smimefilter/smimefilter/smime"
 )
@@ -245,9 +247,11 @@ func (s *session) handleEnroll(enr []*rcpt, capture *boundedBuffer, size int64, 
 }
 
 // DeliverEnrollment encrypts each message the engine returned to exactly
-// its EncryptTo (never to what the store holds for its address: a
-// challenge must open only with the requested certificate) and delivers it
-// to its To through the configured target. It tries every message and
+// its EncryptTo and EncryptToKeys (never to what the store holds for its
+// address: a challenge must open only with the requested certificate or
+// key) and delivers it to its To through the configured target: as S/MIME
+// to the certificates, as PGP/MIME (RFC 3156 §4) to the OpenPGP keys, one
+// message in each format when it names both. It tries every message and
 // returns those that failed (for a caller that can try them again, as the
 // daemon's Tick loop does) and their errors joined, each wrapping
 // ErrEnrollDelivery.
@@ -256,9 +260,12 @@ func (b *Backend) DeliverEnrollment(ctx context.Context, out []enroll.Outgoing) 
 	for _, o := range out {
 		start := time.Now()
 		err := b.deliverOutgoing(ctx, o)
-		fps := make([]string, 0, len(o.EncryptTo))
+		fps := make([]string, 0, len(o.EncryptTo)+len(o.EncryptToKeys))
 		for _, c := range o.EncryptTo {
 			fps = append(fps, fingerprintOf(c))
+		}
+		for _, k := range o.EncryptToKeys {
+			fps = append(fps, k.Fingerprint)
 		}
 		if err != nil {
 			err = fmt.Errorf("%w: %s to %s: %w", ErrEnrollDelivery, o.Purpose, o.To, err)
@@ -278,16 +285,78 @@ func fingerprintOf(c *x509.Certificate) string {
 }
 
 func (b *Backend) deliverOutgoing(ctx context.Context, o enroll.Outgoing) error {
-	if len(o.EncryptTo) == 0 {
+	if len(o.EncryptTo) == 0 && len(o.EncryptToKeys) == 0 {
 		// Never sent in plaintext: it may hold a code.
 		return smime.ErrNoRecipients
+	}
+	var keys []*packet.PublicKey
+	now := time.Now()
+	for _, k := range o.EncryptToKeys {
+		keys = append(keys, k.EncryptionKeys(now)...)
+	}
+	if len(o.EncryptToKeys) > 0 && len(keys) == 0 {
+		// The engine names only keys usable now; one that expired since
+		// must not turn a challenge into plaintext.
+		return fmt.Errorf("%w: %w", ErrEncrypt, pgpmime.ErrNoRecipients)
 	}
 	rw, err := b.cfg.Rewriter.Rewrite(o.To)
 	if err != nil {
 		return err
 	}
-	br := bufio.NewReader(bytes.NewReader(o.Entity))
-	hdr, err := smime.ReadHeader(br, len(o.Entity)+1)
+	if len(o.EncryptTo) > 0 {
+		if err := b.deliverSealed(ctx, rw, o.Entity, func(dst io.Writer, hdr *smime.Header, body io.Reader) error {
+			w, err := smime.Encrypt(dst, hdr, o.EncryptTo, b.cfg.SMIME)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrEncrypt, err)
+			}
+			if _, err := io.Copy(w, body); err != nil {
+				return copyErr(err)
+			}
+			if err := w.Close(); err != nil {
+				return copyErr(err)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	if len(keys) > 0 {
+		return b.deliverSealed(ctx, rw, o.Entity, func(dst io.Writer, hdr *smime.Header, body io.Reader) error {
+			return sealPGP(dst, hdr, body, keys, b.cfg.OpenPGP)
+		})
+	}
+	return nil
+}
+
+// sealPGP writes the PGP/MIME message of hdr and body to dst, encrypted
+// to keys only. The entity is a few KiB of text, so the sealed data is
+// kept in memory and then copied once, the same Seal and WriteCopy the
+// daemon's copies use (one session key, one key packet per key).
+func sealPGP(dst io.Writer, hdr *smime.Header, body io.Reader, keys []*packet.PublicKey, opts pgpmime.Options) error {
+	var sealed bytes.Buffer
+	seal, err := pgpmime.NewSeal(&sealed, hdr, opts)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrEncrypt, err)
+	}
+	defer seal.Destroy()
+	if _, err := io.Copy(seal, body); err != nil {
+		return copyErr(err)
+	}
+	if err := seal.Close(); err != nil {
+		return fmt.Errorf("%w: %w", ErrEncrypt, err)
+	}
+	if err := seal.WriteCopy(dst, &sealed, keys); err != nil {
+		return copyErr(err)
+	}
+	return nil
+}
+
+// deliverSealed delivers one encrypted form of entity to rw: seal writes
+// the encrypted message from its header and body.
+func (b *Backend) deliverSealed(ctx context.Context, rw string, entity []byte,
+	seal func(dst io.Writer, hdr *smime.Header, body io.Reader) error) error {
+	br := bufio.NewReader(bytes.NewReader(entity))
+	hdr, err := smime.ReadHeader(br, len(entity)+1)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrEncrypt, err)
 	}
@@ -301,15 +370,8 @@ func (b *Backend) deliverOutgoing(ctx context.Context, o enroll.Outgoing) error 
 	if rej := tx.Rejected(); rej[0] != nil {
 		return rej[0]
 	}
-	w, err := smime.Encrypt(tx, hdr, o.EncryptTo, b.cfg.SMIME)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrEncrypt, err)
-	}
-	if _, err := io.Copy(w, br); err != nil {
-		return copyErr(err)
-	}
-	if err := w.Close(); err != nil {
-		return copyErr(err)
+	if err := seal(tx, hdr, br); err != nil {
+		return err
 	}
 	return tx.Commit()[0]
 }
