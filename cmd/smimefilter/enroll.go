@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -83,26 +84,42 @@ func tickLoop(ctx context.Context, e *enroll.Engine, be *filter.Backend, interva
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		out, err := e.Tick(time.Now())
-		if err != nil {
-			// Its Outgoing are owed all the same: their state change is
-			// on disk.
-			log.Error("enrollment tick", "error", err)
-		}
-		owed = append(owed, out...)
-		if len(owed) > 0 {
-			owed, _ = be.DeliverEnrollment(ctx, owed) // each failure is logged
-			if n := len(owed) - maxOwed; n > 0 {
-				log.Error("enrollment notices dropped after failed deliveries", "count", n)
-				owed = owed[n:]
-			}
-		}
+		owed = tickOnce(ctx, e, be, owed, log)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// tickOnce is one round of tickLoop. A panic in it (a bug in the engine
+// or in making a notice) is logged with its stack and ends only this
+// round: it must not take the daemon, and every transaction under way,
+// down with it, nor make a crash loop of the Tick at start-up. The notices
+// owed before the round stay owed.
+func tickOnce(ctx context.Context, e *enroll.Engine, be *filter.Backend, owed []enroll.Outgoing, log *slog.Logger) (left []enroll.Outgoing) {
+	left = owed
+	defer func() {
+		if v := recover(); v != nil {
+			log.Error("panic", "where", "enrollment tick", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		}
+	}()
+	out, err := e.Tick(time.Now())
+	if err != nil {
+		// Its Outgoing are owed all the same: their state change is
+		// on disk.
+		log.Error("enrollment tick", "error", err)
+	}
+	owed = append(owed, out...)
+	if len(owed) > 0 {
+		owed, _ = be.DeliverEnrollment(ctx, owed) // each failure is logged
+		if n := len(owed) - maxOwed; n > 0 {
+			log.Error("enrollment notices dropped after failed deliveries", "count", n)
+			owed = owed[n:]
+		}
+	}
+	return owed
 }
 
 // startTicks starts tickLoop; the returned function stops it and waits.
