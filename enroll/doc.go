@@ -35,9 +35,11 @@
 //     active; the last certificate of an address gets expiry warnings
 //     (Options.ExpiryWarnings), each once.
 //
-// A [Kind] holds what is specific to one kind of key ([SMIME] today); the
-// requests, codes, delay, notices and log are shared, so OpenPGP keys can
-// follow the same flow.
+// A [Kind] holds what is specific to one kind of key: [SMIME] certificates
+// and [OpenPGP] keys (a request attaches the key as application/pgp-keys,
+// or carries it in the Autocrypt header of a message signed with it,
+// RFC 3156 §5; its challenge is PGP/MIME, encrypted to that key only). The
+// requests, codes, delay, notices and log are shared.
 //
 // # State
 //
