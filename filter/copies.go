@@ -111,24 +111,39 @@ func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
 				s.failAll(enr, fmt.Errorf("reading message: %w", dataErr(err)), cr.n, start, report)
 				return
 			}
+			s.handleEnroll(enr, capture, cr.n, start, report)
+			return
 		}
+		whole := false
 		defer func() {
-			if enr != nil {
+			// Only a message that arrived whole goes to the engine: not
+			// after a read error, nor while a panic in receive unwinds
+			// (LMTPData then defers every recipient).
+			if whole {
 				s.handleEnroll(enr, capture, cr.n, start, report)
 			}
 		}()
-		if len(rcpts) == 0 {
-			return
+		msg, err := s.receive(in, rcpts)
+		if err == nil {
+			whole = true
 		}
+		s.deliverReceived(msg, err, rcpts, cr, start, report)
+		return
 	}
 	msg, err := s.receive(in, rcpts)
+	s.deliverReceived(msg, err, rcpts, cr, start, report)
+}
+
+// deliverReceived sends the copies of a received message (or reports why
+// it was not received) to rcpts, the recipients that are not the
+// enrollment address.
+func (s *session) deliverReceived(msg *message, err error, rcpts []*rcpt, cr *countingReader, start time.Time, report func(*rcpt, *smtp.SMTPError)) {
 	if err != nil {
+		// The message did not arrive whole: every recipient, the
+		// enrollment address's too, gets the error; the engine must not
+		// see half of it.
+		rcpts = s.rcpts
 		se := s.reply(err)
-		if enr != nil {
-			// The message did not arrive whole: the engine must not
-			// see half of it.
-			rcpts, enr = s.rcpts, nil
-		}
 		for _, rc := range rcpts {
 			s.logOutcome(rc, se, cr.n, start, err)
 			report(rc, se)

@@ -31,9 +31,10 @@ type enrollRig struct {
 	rf     *runningFilter
 	engine *enroll.Engine
 	holder *certs.Holder
+	dir    string // certs.dir
 }
 
-func newEnrollRig(t *testing.T) *enrollRig {
+func newEnrollRig(t *testing.T, cfg ...Config) *enrollRig {
 	t.Helper()
 	rig := &enrollRig{lmtp: startFakeLMTP(t)}
 	var be *Backend
@@ -55,14 +56,18 @@ func newEnrollRig(t *testing.T) *enrollRig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rig.engine.Close() })
-	rig.holder, err = certs.NewHolder(certs.Options{Dir: t.TempDir(), EnrolledDir: rig.engine.ActiveDir()}, nil)
+	rig.dir = t.TempDir()
+	rig.holder, err = certs.NewHolder(certs.Options{Dir: rig.dir, EnrolledDir: rig.engine.ActiveDir()}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rig.rf = startFilter(t, rig.lmtp.path, filterOpts{cfg: Config{
-		Certs:  rig.holder,
-		Enroll: EnrollConfig{Address: testEnrollAddr, Engine: rig.engine, MaxMessageSize: 64 << 10},
-	}})
+	c := Config{}
+	if len(cfg) > 0 {
+		c = cfg[0] // the test's own settings, e.g. Deliver
+	}
+	c.Certs = rig.holder
+	c.Enroll = EnrollConfig{Address: testEnrollAddr, Engine: rig.engine, MaxMessageSize: 64 << 10}
+	rig.rf = startFilter(t, rig.lmtp.path, filterOpts{cfg: c})
 	be = rig.rf.be
 	return rig
 }

@@ -3,6 +3,8 @@ package filter
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -137,5 +139,35 @@ func TestBDATResetDuringData(t *testing.T) {
 	}
 	if n := len(f.messages()); n != 0 {
 		t.Errorf("%d messages delivered from transactions reset mid-BDAT, want 0", n)
+	}
+}
+
+// TestPanicWhileReceivingSparesEnrollment: a message to a recipient and to
+// the enrollment address, whose receipt panics halfway (the live copy to
+// boom@ is written while the message arrives): both recipients are
+// deferred with 451 4.3.0, and the engine never sees the half message
+// (which it would refuse with a 5xx and count against the sender).
+func TestPanicWhileReceivingSparesEnrollment(t *testing.T) {
+	boom := smimetest.NewRecipient(t, "boom@example.org")
+	f := startFakeLMTP(t)
+	pool := deliver.NewPool(deliver.PoolOptions{Network: "unix", Addr: f.path, LMTP: true, LocalName: "filter.test"})
+	t.Cleanup(func() { pool.Close() })
+	rig := newEnrollRig(t, Config{Deliver: &panicTarget{next: pool, when: "write"}})
+	// boom@'s certificate in the store the rig reads.
+	if err := os.WriteFile(filepath.Join(rig.dir, "boom.pem"), boom.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := rig.holder.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	alice := smimetest.NewRecipient(t, "alice@example.test")
+	got := send(t, lmtpClient(t, rig.rf.path), alice.Addr, []string{"boom@example.org", testEnrollAddr}, signRequest(t, alice))
+	for _, a := range []string{"boom@example.org", testEnrollAddr} {
+		if g := got[a]; g.code != 451 || g.enh != (smtp.EnhancedCode{4, 3, 0}) {
+			t.Errorf("%s: got %v, want 451 4.3.0", a, g)
+		}
+	}
+	if strings.Contains(rig.rf.logs.String(), "enrollment message") {
+		t.Errorf("the engine handled a message that did not arrive whole:\n%s", rig.rf.logs.String())
 	}
 }
