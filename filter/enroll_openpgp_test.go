@@ -2,6 +2,7 @@ package filter
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"mime/quotedprintable"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/enroll"
 	"github.com/smimefilter/smimefilter/internal/pgptest"
+	"github.com/smimefilter/smimefilter/internal/smimetest"
 )
 
 // TestMain stops the gpg-agents that the OpenPGP enrollment test's GnuPG
@@ -170,5 +172,35 @@ func TestEnrollOpenPGPEndToEnd(t *testing.T) {
 	pgpOnlyTo(t, stored, k)
 	if plain, err := k.Decrypt(stored); err != nil || !bytes.Contains(plain, []byte("for alice only")) {
 		t.Fatalf("mail to alice does not decrypt with her key: %v", err)
+	}
+}
+
+// TestDeliverEnrollmentBothFormats: a notice to a holder with a
+// certificate and an OpenPGP key goes out once as S/MIME to the
+// certificate and once as PGP/MIME to the key, each opening with its own
+// key only.
+func TestDeliverEnrollmentBothFormats(t *testing.T) {
+	rig := newPGPEnrollRig(t)
+	r := smimetest.NewRecipient(t, "both@example.test")
+	u := newPGPUser(t, "both@example.test")
+	e, err := certs.ReadKey(u.public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := enroll.Outgoing{To: r.Addr, EncryptTo: []*x509.Certificate{r.Cert}, EncryptToKeys: []*certs.Key{certs.NewKey(e)},
+		Entity: codeMsg(testEnrollAddr, "notice"), Purpose: "change-notice"}
+	if _, err := rig.rf.be.DeliverEnrollment(context.Background(), []enroll.Outgoing{o}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := rig.lmtp.messages()
+	if len(msgs) != 2 {
+		t.Fatalf("%d messages delivered, want one per format", len(msgs))
+	}
+	encryptedOnlyTo(t, msgs[0].data, r)
+	if !pgpMIMEType.Match(msgs[1].data) {
+		t.Fatalf("second message is not PGP/MIME:\n%.400s", msgs[1].data)
+	}
+	if entity, ids := pgpOpen(t, msgs[1].data, u); len(ids) != 1 || !bytes.Contains(entity, []byte("Content-Type")) {
+		t.Fatalf("PGP/MIME copy: %d key packets, entity %q", len(ids), entity)
 	}
 }
