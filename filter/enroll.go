@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -234,7 +235,19 @@ func (s *session) handleEnroll(enr []*rcpt, capture *boundedBuffer, size int64, 
 		for _, o := range res.Outgoing {
 			notes = append(notes, o.Purpose+":"+o.To)
 		}
-		_, err = s.b.DeliverEnrollment(s.ctx, res.Outgoing)
+		var failed []enroll.Outgoing
+		failed, err = s.b.DeliverEnrollment(s.ctx, res.Outgoing)
+		if err != nil && !slices.ContainsFunc(failed, func(o enroll.Outgoing) bool { return o.Purpose == "challenge" }) {
+			// The engine's state changed and is on disk (a code was
+			// used, a change scheduled): a 4xx would make Postfix retry
+			// a message that now gets a 5xx (a used code). The request
+			// succeeded; the notices are the daemon's to deliver, at its
+			// next Tick. Only a challenge that did not go out fails the
+			// request: its retry makes a fresh code.
+			s.b.oweEnrollment(failed)
+			notes = append(notes, "owed")
+			err = nil
+		}
 	}
 	var se *smtp.SMTPError
 	if err != nil {
@@ -244,6 +257,24 @@ func (s *session) handleEnroll(enr []*rcpt, capture *boundedBuffer, size int64, 
 		s.logOutcome(rc, se, size, start, err, "enroll", res.Text, "sent", notes)
 		report(rc, se)
 	}
+}
+
+// oweEnrollment keeps notices for the daemon's next Tick (TakeOwed).
+func (b *Backend) oweEnrollment(out []enroll.Outgoing) {
+	b.owedMu.Lock()
+	b.owed = append(b.owed, out...)
+	b.owedMu.Unlock()
+}
+
+// TakeOwed returns, and forgets, the enrollment notices that could not be
+// delivered when their message was answered: the caller (the daemon's
+// Tick loop) delivers them with the Tick's own.
+func (b *Backend) TakeOwed() []enroll.Outgoing {
+	b.owedMu.Lock()
+	defer b.owedMu.Unlock()
+	out := b.owed
+	b.owed = nil
+	return out
 }
 
 // DeliverEnrollment encrypts each message the engine returned to exactly

@@ -301,3 +301,34 @@ func TestEnrollStatus(t *testing.T) {
 }
 
 func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\ufffd") == s }
+
+// TestEnrollNoticeUndeliverableAfterConfirmation: once a code is used, the
+// confirmation is answered 250 even when the notice it causes cannot be
+// delivered now (a 4xx would make Postfix retry a message whose code is
+// used, and the retry would bounce); the notice is owed to the next Tick.
+func TestEnrollNoticeUndeliverableAfterConfirmation(t *testing.T) {
+	rig := newEnrollRig(t)
+	alice := smimetest.NewRecipient(t, "alice@example.test")
+	cl := lmtpClient(t, rig.rf.path)
+	if got := send(t, cl, alice.Addr, []string{testEnrollAddr}, signRequest(t, alice)); got[testEnrollAddr].code != 250 {
+		t.Fatalf("request: %v", got)
+	}
+	msgs := rig.lmtp.messages()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages, want the challenge", len(msgs))
+	}
+	code := codeIn(t, msgs[0].data, alice, "confirm")
+	rig.lmtp.answer = func(string) error {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}
+	}
+	if got := send(t, cl, alice.Addr, []string{testEnrollAddr}, codeMsg(alice.Addr, "confirm "+code)); got[testEnrollAddr].code != 250 {
+		t.Fatalf("confirmation with its notice undeliverable: %v, want 250", got)
+	}
+	owed := rig.rf.be.TakeOwed()
+	if len(owed) != 1 || owed[0].To != alice.Addr || owed[0].Purpose != "activated" {
+		t.Fatalf("owed %+v, want the activation notice for alice", owed)
+	}
+	if len(rig.rf.be.TakeOwed()) != 0 {
+		t.Error("TakeOwed returned the notices twice")
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 
 	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/deliver"
+	"github.com/smimefilter/smimefilter/enroll"
 	"github.com/smimefilter/smimefilter/pgpmime"
 	"github.com/smimefilter/smimefilter/recipients"
 	"github.com/smimefilter/smimefilter/smime"
@@ -106,6 +108,10 @@ type Backend struct {
 	connSeq atomic.Uint64
 	// enrollAddr is the normalized enrollment address, "" when off.
 	enrollAddr string
+	// owed are enrollment notices that could not be delivered while the
+	// message that caused them was answered 250 (enroll.go).
+	owedMu sync.Mutex
+	owed   []enroll.Outgoing
 }
 
 // NewBackend returns a Backend for cfg.

@@ -112,6 +112,7 @@ func tickOnce(ctx context.Context, e *enroll.Engine, be *filter.Backend, owed []
 		log.Error("enrollment tick", "error", err)
 	}
 	owed = append(owed, out...)
+	owed = append(owed, be.TakeOwed()...)
 	if len(owed) > 0 {
 		owed, _ = be.DeliverEnrollment(ctx, owed) // each failure is logged
 		if n := len(owed) - maxOwed; n > 0 {
