@@ -105,9 +105,6 @@ func (e *Engine) expiryNotices(st *state, now time.Time) ([]Outgoing, error) {
 	var out []Outgoing
 	var logs []LogEntry
 	for _, addr := range sorted {
-		if !e.opts.Delivers(addr) {
-			continue
-		}
 		hs := e.usable(st, addr, now, "")
 		if len(hs) == 0 {
 			continue
@@ -138,6 +135,12 @@ func (e *Engine) expiryNotices(st *state, now time.Time) ([]Outgoing, error) {
 		rec := &st.notices[i]
 		nearest := crossed[len(crossed)-1]
 		if slices.Contains(rec.Sent, nearest) {
+			continue
+		}
+		// Asked only now, when a notice is due: Delivers may ask the mail
+		// store, and every address on every tick would be a round trip
+		// each, under the engine's lock.
+		if !e.opts.Delivers(addr) {
 			continue
 		}
 		for _, c := range crossed {

@@ -152,7 +152,15 @@ func (b *Backend) enrollPlan(to string) *rcpt {
 		return nil
 	}
 	rw, err := b.cfg.Rewriter.Rewrite(to)
-	if !b.isEnrollAddress(to) && (err != nil || !b.isEnrollAddress(rw)) {
+	is := b.isEnrollAddress(to) || (err == nil && b.isEnrollAddress(rw))
+	// keys+x@ is keys@ too, as the certificate lookup strips a
+	// subaddress: otherwise Dovecot would file it in a "keys" mailbox.
+	for _, a := range []string{to, rw} {
+		if base, ok := stripDetail(a, b.cfg.RecipientDelimiter); ok && !is {
+			is = b.isEnrollAddress(base)
+		}
+	}
+	if !is {
 		return nil
 	}
 	return &rcpt{addr: to, rewritten: to, action: actEnroll}
@@ -287,6 +295,16 @@ func (b *Backend) TakeOwed() []enroll.Outgoing {
 // daemon's Tick loop does) and their errors joined, each wrapping
 // ErrEnrollDelivery.
 func (b *Backend) DeliverEnrollment(ctx context.Context, out []enroll.Outgoing) (failed []enroll.Outgoing, err error) {
+	if r, ok := b.cfg.Certs.(interface{ Reload() error }); ok &&
+		slices.ContainsFunc(out, func(o enroll.Outgoing) bool { return o.Purpose == "activated" }) {
+		// "From now on your mail is encrypted to this certificate" must be
+		// true when it arrives: the store reloads on its own only after
+		// the directory watch's quiet time, and mail in between would
+		// still go out as before (in plaintext, under the plaintext
+		// policy). A failed reload keeps the previous store and is
+		// logged by the holder; the watch tries again.
+		r.Reload()
+	}
 	var errs []error
 	for _, o := range out {
 		start := time.Now()
@@ -417,7 +435,14 @@ func (b *Backend) Delivers(addr string) bool {
 		return false
 	}
 	rw, err := b.cfg.Rewriter.Rewrite(addr)
-	if err != nil || recipients.Validate(rw) != nil {
+	if err != nil {
+		// A rule gives an invalid address: the configuration is wrong,
+		// which delays mail (451 4.3.5) and must not refuse a request as
+		// for an address not delivered here; the challenge's delivery
+		// decides.
+		return true
+	}
+	if recipients.Validate(rw) != nil {
 		return false
 	}
 	if b.plan.hosted != nil && !b.plan.hosted[recipients.Domain(rw)] {

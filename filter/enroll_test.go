@@ -332,3 +332,22 @@ func TestEnrollNoticeUndeliverableAfterConfirmation(t *testing.T) {
 		t.Error("TakeOwed returned the notices twice")
 	}
 }
+
+// TestEnrollActivationReloadsStoreFirst: when the activation notice ("from
+// now on your mail is encrypted to this certificate") goes out, the store
+// already uses the certificate: mail right after it is encrypted to it.
+func TestEnrollActivationReloadsStoreFirst(t *testing.T) {
+	rig := newEnrollRig(t) // no directory watch runs: only an explicit reload
+	alice := smimetest.NewRecipient(t, "alice@example.test")
+	cl := lmtpClient(t, rig.rf.path)
+	if got := send(t, cl, alice.Addr, []string{testEnrollAddr}, signRequest(t, alice)); got[testEnrollAddr].code != 250 {
+		t.Fatalf("request: %v", got)
+	}
+	code := codeIn(t, rig.lmtp.messages()[0].data, alice, "confirm")
+	if got := send(t, cl, alice.Addr, []string{testEnrollAddr}, codeMsg(alice.Addr, "confirm "+code)); got[testEnrollAddr].code != 250 {
+		t.Fatalf("confirmation: %v", got)
+	}
+	if cs := rig.holder.Current().Lookup(alice.Addr); len(cs) != 1 {
+		t.Fatalf("after the activation notice the store has %d certificates for alice, want the enrolled one", len(cs))
+	}
+}
