@@ -50,14 +50,26 @@ func openEnroll(c *Config, h *enrollHooks) (*enroll.Engine, error) {
 		}
 		return out
 	}
+	o.CurrentKeys = func(addr string) []*certs.Key {
+		if h.holder == nil {
+			return nil
+		}
+		return h.holder.Current().LookupKeys(addr)
+	}
 	o.Addresses = func() []string {
 		if h.holder == nil {
 			return nil
 		}
 		var out []string
-		for _, cert := range h.holder.Current().Certs() {
+		st := h.holder.Current()
+		for _, cert := range st.Certs() {
 			if cert.Source == certs.SourceDirectory {
 				out = append(out, cert.Addresses...)
+			}
+		}
+		for _, k := range st.Keys() {
+			if k.Source == certs.SourceDirectory {
+				out = append(out, k.Addresses...)
 			}
 		}
 		return out
@@ -247,6 +259,15 @@ func certsList(c *Config, stdout, stderr io.Writer, now time.Time) int {
 			}
 			for _, a := range cert.Addresses {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a, cert.Fingerprint, expires(cert.ValidUntil()), certs.SourceDirectory, state)
+			}
+		}
+		for _, k := range st.Keys() {
+			state := "active"
+			if !k.UsableAt(now) {
+				state = "not usable now"
+			}
+			for _, a := range k.Addresses {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a, "openpgp:"+k.Fingerprint, expires(k.ValidUntil()), certs.SourceDirectory, state)
 			}
 		}
 	}
