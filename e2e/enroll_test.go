@@ -449,3 +449,48 @@ func TestEnrollExpiryNotice(t *testing.T) {
 		t.Fatalf("%d expiry-notice lines for carol after a restart, want 1", n)
 	}
 }
+
+// TestEnrollExpiredCode: a challenge's code that was not used within
+// enroll.code_lifetime is refused with 550 5.7.1 (bounced, not deferred)
+// and activates nothing. The lifetime is 2 s here; the request's entry
+// leaves `certs list` when the daemon's tick expires it, which is what
+// the test waits for instead of a fixed time.
+func TestEnrollExpiredCode(t *testing.T) {
+	alice := "alice@" + hostedDomain
+	toml, state := enrollState(t, changeDelay.String())
+	st := newStack(t, setup{users: []string{alice}, extraTOML: toml + "code_lifetime = \"2s\"\n"})
+	r := smimetest.NewRecipient(t, alice)
+	fp := fingerprintHex(r.Cert)
+	st.send([]string{enrollAddr}, signedRequest(t, r))
+	challenge := st.waitSubject(alice, subjChallenge, 1)
+	code := codeOf(t, enrollCode, openText(t, r, challenge), challenge)
+	if got := st.listedState(t, alice, fp); got != "awaiting-confirmation" {
+		t.Fatalf("certs list shows %q for the new request, want awaiting-confirmation", got)
+	}
+	deadline := time.Now().Add(defaultLongTimeout)
+	for st.listedState(t, alice, fp) != "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("the request is still listed %v after its code expired", defaultLongTimeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	logLines, msgs := len(readChangeLog(t, state)), len(st.messages(alice))
+	st.sendCode(senderAddr, "confirm", code)
+	if d := bounces(t, st, 1); d.DSN != "5.7.1" || !strings.Contains(d.Text, "code") {
+		t.Fatalf("the expired code got dsn=%s (%s), want 550 5.7.1 about the code", d.DSN, d.Text)
+	}
+	if c := st.postfix.Count(enrollAddr); c.Deferred != 0 {
+		t.Fatalf("the expired code was deferred: %v", c)
+	}
+	if n := len(st.messages(alice)); n != msgs {
+		t.Errorf("the expired code sent %d messages: %q", n-msgs, st.subjects(alice))
+	}
+	for _, e := range readChangeLog(t, state)[logLines:] {
+		if e.Action == "activate" {
+			t.Errorf("the expired code activated the certificate: %+v", e)
+		}
+	}
+	if got := st.listedState(t, alice, fp); got != "" {
+		t.Errorf("certs list shows %q for the certificate after the expired code, want nothing", got)
+	}
+}
