@@ -3,6 +3,7 @@ package filter
 import (
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/smimefilter/smimefilter/deliver"
 	"github.com/smimefilter/smimefilter/spool"
@@ -61,6 +62,12 @@ func (s *session) startLive(c *outCopy, msg *message, only bool) *liveCopy {
 			tx.Abort() // on a panic too: the connection goes back
 		}
 	}()
+	if !slices.Contains(tx.Rejected(), nil) {
+		// Every recipient refused at RCPT: send (after the message)
+		// reports their refusals without holding a connection through
+		// the whole DATA phase.
+		return nil
+	}
 	lc, err := g.seal.newLive(tx, c)
 	if err == nil {
 		_, err = io.Copy(lc, g.sp.Reader())
