@@ -431,7 +431,9 @@ func (b *Backend) deliverSealed(ctx context.Context, rw string, entity []byte,
 // addresses (enroll.Options.Delivers). A mail store that cannot be asked
 // now does not make the answer no: the challenge's delivery decides then.
 func (b *Backend) Delivers(addr string) bool {
-	if b.isEnrollAddress(addr) {
+	if b.enrollPlan(addr) != nil {
+		// The enrollment address in any form (case, subaddress, an
+		// alias rewritten to it) is never a mailbox.
 		return false
 	}
 	rw, err := b.cfg.Rewriter.Rewrite(addr)

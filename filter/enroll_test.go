@@ -351,3 +351,22 @@ func TestEnrollActivationReloadsStoreFirst(t *testing.T) {
 		t.Fatalf("after the activation notice the store has %d certificates for alice, want the enrolled one", len(cs))
 	}
 }
+
+// TestEnrollAddressInEveryForm: the enrollment address with another case
+// or a subaddress is the enrollment address: never a mailbox, neither for
+// mail sent to it nor as the address of a certificate (Delivers).
+func TestEnrollAddressInEveryForm(t *testing.T) {
+	rig := newEnrollRig(t, Config{RecipientDelimiter: "+"})
+	for _, a := range []string{testEnrollAddr, "Keys@example.test", "keys+x@example.test"} {
+		if rig.rf.be.Delivers(a) {
+			t.Errorf("Delivers(%q) = true, want false", a)
+		}
+		got := send(t, lmtpClient(t, rig.rf.path), "s@example.net", []string{a}, msg("hi", "not a request\r\n"))
+		if got[a].code != 550 {
+			t.Errorf("%s: got %v, want the engine's 550 for an unsigned message", a, got[a])
+		}
+	}
+	if n := len(rig.lmtp.messages()); n != 0 {
+		t.Errorf("%d messages delivered, want none", n)
+	}
+}

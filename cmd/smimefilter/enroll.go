@@ -19,6 +19,7 @@ import (
 	"github.com/smimefilter/smimefilter/deliver"
 	"github.com/smimefilter/smimefilter/enroll"
 	"github.com/smimefilter/smimefilter/filter"
+	"github.com/smimefilter/smimefilter/pgpmime"
 	"github.com/smimefilter/smimefilter/smime"
 )
 
@@ -388,12 +389,16 @@ func noticeBackend(c *Config, log *slog.Logger) (*filter.Backend, func(), error)
 	if err != nil {
 		return nil, nil, err
 	}
+	// As the daemon's (main.go), so that notices look and go as the
+	// daemon's would. Without an Engine: nothing here reads mail.
 	cfg := filter.Config{
-		Rewriter: c.rewriter,
-		Policy:   c.policy(),
-		SMIME:    smimeOptions(c),
-		Deliver:  target,
-		Logger:   log,
+		Rewriter:           c.rewriter,
+		RecipientDelimiter: c.Certs.RecipientDelimiter,
+		Policy:             c.policy(),
+		SMIME:              smimeOptions(c),
+		OpenPGP:            pgpmime.Options{HeaderProtection: c.Policy.HeaderProtection, HideRecipients: c.Policy.HiddenRecipients},
+		Deliver:            target,
+		Logger:             log,
 	}
 	var reinject deliver.Target
 	if c.Deliver.Reinject != "" {
