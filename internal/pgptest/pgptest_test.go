@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
@@ -272,8 +273,14 @@ func TestCleanup(t *testing.T) {
 	if _, err := os.Stat(filepath.Dir(home)); !os.IsNotExist(err) {
 		t.Errorf("scratch directory %s still there: %v", filepath.Dir(home), err)
 	}
+	// The agent may take a moment to exit after gpgconf --kill returns
+	// (it was asked, not waited for, on a loaded machine): poll.
+	deadline := time.Now().Add(10 * time.Second)
+	for running(pid) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 	if running(pid) {
-		t.Errorf("gpg-agent %d still running after Cleanup", pid)
+		t.Errorf("gpg-agent %d still running 10 s after Cleanup", pid)
 		syscall.Kill(pid, syscall.SIGTERM)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -78,14 +77,17 @@ func scratch() (string, error) {
 	return scratchDir, nil
 }
 
-// subdir makes a fresh directory named name in the scratch directory.
+// subdir makes a fresh directory, named after name, in the scratch
+// directory.
 func subdir(name string) (string, error) {
 	dir, err := scratch()
 	if err != nil {
 		return "", err
 	}
-	d := filepath.Join(dir, name)
-	if err := os.Mkdir(d, 0o700); err != nil {
+	// A fresh directory each call, named after name: a test that makes
+	// its own key runs again under go test -count.
+	d, err := os.MkdirTemp(dir, name+"-")
+	if err != nil {
 		return "", fmt.Errorf("pgptest: %w", err)
 	}
 	return d, nil
