@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/smimefilter/smimefilter/certs"
 	"github.com/smimefilter/smimefilter/enroll"
@@ -23,43 +22,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	pgptest.Cleanup()
 	os.Exit(code)
-}
-
-// newPGPEnrollRig is newEnrollRig with the store's OpenPGP keys as the
-// engine's current keys, as the daemon wires them.
-func newPGPEnrollRig(t *testing.T) *enrollRig {
-	t.Helper()
-	rig := &enrollRig{lmtp: startFakeLMTP(t)}
-	var be *Backend
-	var err error
-	rig.engine, err = enroll.Open(enroll.Options{
-		Dir:      t.TempDir(),
-		Address:  testEnrollAddr,
-		Delivers: func(a string) bool { return be.Delivers(a) },
-		Current: func(a string) []*x509.Certificate {
-			var out []*x509.Certificate
-			for _, c := range rig.holder.Current().Lookup(a) {
-				out = append(out, c.Certificate)
-			}
-			return out
-		},
-		CurrentKeys: func(a string) []*certs.Key { return rig.holder.Current().LookupKeys(a) },
-		ChangeDelay: time.Hour,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rig.engine.Close() })
-	rig.holder, err = certs.NewHolder(certs.Options{Dir: t.TempDir(), EnrolledDir: rig.engine.ActiveDir()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rig.rf = startFilter(t, rig.lmtp.path, filterOpts{cfg: Config{
-		Certs:  rig.holder,
-		Enroll: EnrollConfig{Address: testEnrollAddr, Engine: rig.engine, MaxMessageSize: 64 << 10},
-	}})
-	be = rig.rf.be
-	return rig
 }
 
 // attachKeyRequest is Thunderbird's "Attach My Public Key" on an unsigned
@@ -113,7 +75,7 @@ func TestEnrollOpenPGPEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rig := newPGPEnrollRig(t)
+	rig := newEnrollRig(t)
 	cl := lmtpClient(t, rig.rf.path)
 	if got := send(t, cl, addr, []string{testEnrollAddr}, attachKeyRequest(k)); got[testEnrollAddr].code != 250 {
 		t.Fatalf("request reply %v, want 250", got)
@@ -180,7 +142,7 @@ func TestEnrollOpenPGPEndToEnd(t *testing.T) {
 // certificate and once as PGP/MIME to the key, each opening with its own
 // key only.
 func TestDeliverEnrollmentBothFormats(t *testing.T) {
-	rig := newPGPEnrollRig(t)
+	rig := newEnrollRig(t)
 	r := smimetest.NewRecipient(t, "both@example.test")
 	u := newPGPUser(t, "both@example.test")
 	e, err := certs.ReadKey(u.public)

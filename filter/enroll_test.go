@@ -25,7 +25,8 @@ import (
 const testEnrollAddr = "keys@example.test"
 
 // enrollRig is the filter with a real enrollment engine, a certificate
-// store that reads its active directory, and the fake Dovecot.
+// store that reads its active directory (certificates and OpenPGP keys
+// handed to the engine as the daemon hands them), and the fake Dovecot.
 type enrollRig struct {
 	lmtp   *fakeLMTP
 	rf     *runningFilter
@@ -50,6 +51,7 @@ func newEnrollRig(t *testing.T, cfg ...Config) *enrollRig {
 			}
 			return out
 		},
+		CurrentKeys: func(a string) []*certs.Key { return rig.holder.Current().LookupKeys(a) },
 		ChangeDelay: time.Hour,
 	})
 	if err != nil {
