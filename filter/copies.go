@@ -100,11 +100,12 @@ func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
 	cr := &countingReader{r: r}
 	rcpts, enr := splitEnroll(s.rcpts)
 	var in io.Reader = cr
+	var capture *boundedBuffer
 	if enr != nil {
 		// The message is read once: the enrollment recipients get a
 		// bounded copy of the bytes as they pass (enroll.go), and are
 		// answered after the others.
-		capture := s.b.newEnrollCapture()
+		capture = s.b.newEnrollCapture()
 		in = io.TeeReader(cr, capture)
 		if len(rcpts) == 0 {
 			if _, err := io.Copy(io.Discard, in); err != nil {
@@ -114,30 +115,14 @@ func (s *session) deliver(r io.Reader, report func(*rcpt, *smtp.SMTPError)) {
 			s.handleEnroll(enr, capture, cr.n, start, report)
 			return
 		}
-		whole := false
-		defer func() {
-			// Only a message that arrived whole goes to the engine: not
-			// after a read error, nor while a panic in receive unwinds
-			// (LMTPData then defers every recipient).
-			if whole {
-				s.handleEnroll(enr, capture, cr.n, start, report)
-			}
-		}()
-		msg, err := s.receive(in, rcpts)
-		if err == nil {
-			whole = true
-		}
-		s.deliverReceived(msg, err, rcpts, cr, start, report)
-		return
 	}
 	msg, err := s.receive(in, rcpts)
-	s.deliverReceived(msg, err, rcpts, cr, start, report)
-}
-
-// deliverReceived sends the copies of a received message (or reports why
-// it was not received) to rcpts, the recipients that are not the
-// enrollment address.
-func (s *session) deliverReceived(msg *message, err error, rcpts []*rcpt, cr *countingReader, start time.Time, report func(*rcpt, *smtp.SMTPError)) {
+	if enr != nil && err == nil {
+		// After the other copies, and also when sending them panics;
+		// not when the message did not arrive whole (below), nor while a
+		// panic in receive unwinds (LMTPData then defers everyone).
+		defer s.handleEnroll(enr, capture, cr.n, start, report)
+	}
 	if err != nil {
 		// The message did not arrive whole: every recipient, the
 		// enrollment address's too, gets the error; the engine must not
